@@ -1,0 +1,132 @@
+"""TIFF / OME-TIFF / ImageJ TIFF → multiscale OME-Zarr, lazily (page by page).
+
+Axes come from the OME-XML or ImageJ metadata when the file has them (tifffile's series axes),
+or from ``--axes``. Axes are reordered to NGFF order (t, c, z, y, x); RGB samples become ``c``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import dask.array as da
+import tifffile
+import zarr
+
+from bigrestore.errors import BadInputError, MissingInputError, describe
+from bigrestore.io.ome import ImageMeta, normalise_unit, validate_axes, write_image
+
+log = logging.getLogger(__name__)
+
+#: tifffile axis codes → NGFF axis names (S = samples, e.g. RGB, become channels).
+TIFF_AXES = {"T": "t", "C": "c", "S": "c", "Z": "z", "Y": "y", "X": "x"}
+
+
+def _physical_sizes(tif: tifffile.TiffFile) -> tuple[dict[str, float], dict[str, str | None]]:
+    """Pixel sizes and units per NGFF axis from OME-XML or ImageJ metadata (empty if none)."""
+    sizes: dict[str, float] = {}
+    units: dict[str, str | None] = {}
+    if tif.is_ome and tif.ome_metadata:
+        try:
+            ome = tifffile.xml2dict(tif.ome_metadata)["OME"]
+            image = ome["Image"][0] if isinstance(ome["Image"], list) else ome["Image"]
+            pixels = image["Pixels"]
+        except (KeyError, IndexError, TypeError):
+            pixels = {}
+        for axis, key in (("x", "PhysicalSizeX"), ("y", "PhysicalSizeY"), ("z", "PhysicalSizeZ")):
+            if key in pixels:
+                sizes[axis] = float(pixels[key])
+                units[axis] = normalise_unit(str(pixels.get(key + "Unit", "µm")))
+        if "TimeIncrement" in pixels:
+            sizes["t"] = float(pixels["TimeIncrement"])
+            units["t"] = normalise_unit(str(pixels.get("TimeIncrementUnit", "s")))
+    elif tif.is_imagej and tif.imagej_metadata:
+        meta = tif.imagej_metadata
+        unit = normalise_unit(str(meta.get("unit", ""))) if meta.get("unit") else None
+        page = tif.pages.first
+        for axis, tag in (("x", "XResolution"), ("y", "YResolution")):
+            if tag in page.tags:
+                num, den = page.tags[tag].value
+                if num:
+                    sizes[axis] = den / num
+                    units[axis] = unit
+        if "spacing" in meta:
+            sizes["z"], units["z"] = float(meta["spacing"]), unit
+        if "finterval" in meta:
+            sizes["t"], units["t"] = float(meta["finterval"]), "second"
+    return sizes, units
+
+
+def _lazy_series(series: Any) -> da.Array:
+    """The TIFF series as a dask array backed by tifffile's zarr view (one chunk per page/tile)."""
+    store = series.aszarr()
+    node = zarr.open(store, mode="r")
+    array = node if isinstance(node, zarr.Array) else node[list(node.array_keys())[0]]
+    return da.from_zarr(array)
+
+
+def read_tiff(path: str | Path, axes: str | None = None) -> tuple[da.Array, ImageMeta]:
+    """Open a TIFF lazily; return the data in NGFF axis order and its metadata."""
+    path = Path(path)
+    if not path.is_file():
+        raise MissingInputError(f"{path}: no such file")
+    try:
+        tif = tifffile.TiffFile(path)
+    except (tifffile.TiffFileError, OSError) as exc:
+        raise BadInputError(describe(path, "file", "a readable TIFF", repr(exc))) from exc
+    series = tif.series[0]
+    file_axes = series.axes.upper()
+    if axes is None:
+        unknown = [a for a in file_axes if a not in TIFF_AXES]
+        if unknown or len(set(TIFF_AXES[a] for a in file_axes)) != len(file_axes):
+            raise BadInputError(
+                describe(path, "axes", "known axes (T, C, Z, Y, X) in the metadata", file_axes)
+                + f"; pass --axes with {len(file_axes)} letters, e.g. --axes {'tczyx'[-len(file_axes):]}"
+            )
+        source_axes = "".join(TIFF_AXES[a] for a in file_axes)
+    else:
+        source_axes = axes.lower()
+        if len(source_axes) != len(series.shape):
+            raise BadInputError(
+                describe(path, "--axes", f"{len(series.shape)} letters for shape {series.shape}", axes)
+            )
+    if sorted(source_axes) != sorted(set(source_axes)):
+        raise BadInputError(describe(path, "axes", "distinct axis names", source_axes))
+    data = _lazy_series(series)
+    target_axes = "".join(a for a in "tczyx" if a in source_axes)
+    validate_axes(target_axes, data.ndim, path)
+    data = data.transpose([source_axes.index(a) for a in target_axes])
+    sizes, units = _physical_sizes(tif)
+    channel_names = None
+    meta = ImageMeta(
+        axes=target_axes,
+        scale=tuple(sizes.get(a, 1.0) for a in target_axes),
+        translation=(0.0,) * len(target_axes),
+        units=tuple(units.get(a) for a in target_axes),
+        channel_names=channel_names,
+        name=path.name.split(".")[0],
+    )
+    return data, meta
+
+
+def convert_tiff(
+    source: str | Path,
+    destination: str | Path,
+    axes: str | None = None,
+    ngff_version: str = "0.5",
+    chunks: int = 512,
+    overwrite: bool = False,
+    pixel_size: dict[str, float] | None = None,
+) -> Path:
+    """Convert one TIFF file into a multiscale OME-Zarr image (the TIFF is only read)."""
+    data, meta = read_tiff(source, axes)
+    if pixel_size:
+        scale = tuple(pixel_size.get(a, s) for a, s in zip(meta.axes, meta.scale, strict=True))
+        units = tuple(
+            (u or "micrometer") if a in pixel_size and a in "zyx" else u
+            for a, u in zip(meta.axes, meta.units, strict=True)
+        )
+        meta = ImageMeta(meta.axes, scale, meta.translation, units, meta.channel_names, meta.name)
+    yx_chunks = tuple(min(n, chunks) if a in "yx" else 1 for a, n in zip(meta.axes, data.shape, strict=True))
+    return write_image(destination, data, meta, ngff_version=ngff_version, chunks=yx_chunks, overwrite=overwrite)
