@@ -27,8 +27,21 @@ def test_help_lists_every_command():
 def test_convert_real_stack_and_info(tmp_path):
     source = data_path("clean/cells3d_nuclei.tif")
     out = tmp_path / "nuclei.zarr"
-    result = run("convert", source, out, "--axes", "zyx", "--pixel-size", "z=0.29",
-                 "--pixel-size", "y=0.26", "--pixel-size", "x=0.26", "--chunk", "100")
+    result = run(
+        "convert",
+        source,
+        out,
+        "--axes",
+        "zyx",
+        "--pixel-size",
+        "z=0.29",
+        "--pixel-size",
+        "y=0.26",
+        "--pixel-size",
+        "x=0.26",
+        "--chunk",
+        "100",
+    )
     assert result.exit_code == 0, result.output
     image = open_image(out)
     np.testing.assert_array_equal(image.data.compute(), tifffile.imread(source))
@@ -38,7 +51,11 @@ def test_convert_real_stack_and_info(tmp_path):
     info = run("info", out, "--json")
     assert info.exit_code == 0
     record = json.loads(info.output)
-    assert record["axes"] == "zyx" and record["shape"] == [60, 256, 256] and record["dtype"] == "uint16"
+    assert (
+        record["axes"] == "zyx"
+        and record["shape"] == [60, 256, 256]
+        and record["dtype"] == "uint16"
+    )
     human = run("info", out)
     assert "z=0.29 micrometer" in human.output
 
@@ -46,8 +63,17 @@ def test_convert_real_stack_and_info(tmp_path):
 def test_convert_ome_tiff_reads_axes_and_sizes(tmp_path):
     data = np.random.default_rng(0).integers(0, 255, size=(3, 2, 40, 50), dtype=np.uint8)
     source = tmp_path / "in.ome.tif"
-    tifffile.imwrite(source, data, metadata={"axes": "TCYX", "PhysicalSizeX": 0.1, "PhysicalSizeY": 0.1,
-                                              "PhysicalSizeXUnit": "µm", "PhysicalSizeYUnit": "µm"})
+    tifffile.imwrite(
+        source,
+        data,
+        metadata={
+            "axes": "TCYX",
+            "PhysicalSizeX": 0.1,
+            "PhysicalSizeY": 0.1,
+            "PhysicalSizeXUnit": "µm",
+            "PhysicalSizeYUnit": "µm",
+        },
+    )
     assert run("convert", source, tmp_path / "o.zarr", "--ngff-version", "0.4").exit_code == 0
     image = open_image(tmp_path / "o.zarr")
     assert image.meta.axes == "tcyx" and image.ngff_version == "0.4"
@@ -57,7 +83,11 @@ def test_convert_ome_tiff_reads_axes_and_sizes(tmp_path):
 
 def test_exit_codes_and_one_line_messages(tmp_path):
     missing = run("info", tmp_path / "nope.zarr")
-    assert missing.exit_code == 66 and "nope.zarr" in missing.output and "Traceback" not in missing.output
+    assert (
+        missing.exit_code == 66
+        and "nope.zarr" in missing.output
+        and "Traceback" not in missing.output
+    )
     source = data_path("clean/dsb2018_nuclei_2d.tif")
     assert run("convert", source, tmp_path / "a.zarr").exit_code == 0
     again = run("convert", source, tmp_path / "a.zarr")

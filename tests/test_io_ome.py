@@ -40,7 +40,9 @@ def test_round_trip(tmp_path, case, ngff_version):
     channels = tuple(f"ch{i}" for i in range(array.shape[axes.index("c")])) if "c" in axes else None
     meta = ImageMeta(axes, scale, tuple(float(i) for i in range(n)), units, channels, "sample")
     out = tmp_path / "out.zarr"
-    write_image(out, da.from_array(array, chunks=array.shape), meta, ngff_version=ngff_version, chunks=None)
+    write_image(
+        out, da.from_array(array, chunks=array.shape), meta, ngff_version=ngff_version, chunks=None
+    )
 
     image = open_image(out)
     np.testing.assert_array_equal(image.data.compute(), array)
@@ -79,8 +81,15 @@ def test_opens_ome_zarr_py_written_store(tmp_path, version):
     array = np.random.default_rng(1).integers(0, 4000, size=(2, 40, 64, 48), dtype=np.uint16)
     fmt = FormatV04() if version == "0.4" else FormatV05()
     group = zarr.open_group(str(tmp_path / "ozp.zarr"), mode="w", zarr_format=fmt.zarr_format)
-    ozp_write_image(array, group, axes="czyx", fmt=fmt, scale={"z": 2.0, "y": 0.3, "x": 0.3},
-                    scale_factors=(2,), storage_options={"chunks": (1, 7, 30, 20)})
+    ozp_write_image(
+        array,
+        group,
+        axes="czyx",
+        fmt=fmt,
+        scale={"z": 2.0, "y": 0.3, "x": 0.3},
+        scale_factors=(2,),
+        storage_options={"chunks": (1, 7, 30, 20)},
+    )
     image = open_image(tmp_path / "ozp.zarr")
     assert image.meta.axes == "czyx"
     assert image.meta.scale == pytest.approx((1.0, 2.0, 0.3, 0.3))
@@ -119,4 +128,8 @@ def test_errors_are_typed_and_named(tmp_path):
         write_image(tmp_path / "a.zarr", np.ones((8, 8), np.uint8), meta)
     assert open_image(tmp_path / "a.zarr").data.compute().max() == 0  # untouched
     with pytest.raises(BadInputError, match="axes"):
-        write_image(tmp_path / "b.zarr", np.zeros((4, 8, 8), np.uint8), ImageMeta("xyz", (1.0,) * 3, (0.0,) * 3, (None,) * 3))
+        write_image(
+            tmp_path / "b.zarr",
+            np.zeros((4, 8, 8), np.uint8),
+            ImageMeta("xyz", (1.0,) * 3, (0.0,) * 3, (None,) * 3),
+        )

@@ -1,0 +1,1 @@
+"""Click commands that live in their own modules; ``bigrestore.cli`` registers them."""

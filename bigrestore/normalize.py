@@ -1,0 +1,65 @@
+"""Percentile normalisation into the model's [-1, 1] space and its inverse, as pure functions.
+
+Training normalises each condition and target image by its own percentiles (CARE style; the
+W2S release was contrast-stretched per image, so images do not share a scale). Restoration
+normalises each channel with percentiles computed once over the whole volume (never per tile,
+block or slice: that is what causes brightness jumps between tiles). Statistics are explicit
+arguments; nothing is remembered between calls (STYLE.md 13).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+#: CARE's default percentiles.
+P_LOW = 1.0
+P_HIGH = 99.8
+#: At most this many pixels are used to estimate volume percentiles (a strided subsample).
+MAX_STAT_PIXELS = 4_000_000
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Intensity levels that map to -1 (``low``) and +1 (``high``) in model space."""
+
+    low: float
+    high: float
+
+    def to_dict(self) -> dict[str, float]:
+        return {"low": float(self.low), "high": float(self.high)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, float]) -> Stats:
+        return cls(float(d["low"]), float(d["high"]))
+
+
+def percentile_stats(image: np.ndarray, p_low: float = P_LOW, p_high: float = P_HIGH) -> Stats:
+    """Percentiles of ``image`` (any shape); a flat image gets a unit range to avoid dividing by 0."""
+    values = np.asarray(image, dtype=np.float64).ravel()
+    if values.size > MAX_STAT_PIXELS:
+        values = values[:: int(np.ceil(values.size / MAX_STAT_PIXELS))]
+    low, high = np.percentile(values, [p_low, p_high])
+    if not np.isfinite(low) or not np.isfinite(high):
+        raise ValueError("percentile_stats: image contains no finite values")
+    if high - low < 1e-12:
+        high = low + 1.0
+    return Stats(float(low), float(high))
+
+
+def to_model(image: np.ndarray, stats: Stats) -> np.ndarray:
+    """Intensities → model space: ``low`` ↦ -1, ``high`` ↦ +1 (float32, not clipped)."""
+    scale = 2.0 / (stats.high - stats.low)
+    return ((np.asarray(image, dtype=np.float32) - stats.low) * scale - 1.0).astype(np.float32)
+
+
+def from_model(values: np.ndarray, stats: Stats) -> np.ndarray:
+    """Model space → intensities (inverse of :func:`to_model`): ``a·x + b``."""
+    half = (stats.high - stats.low) / 2.0
+    return (np.asarray(values, dtype=np.float64) * half + (stats.low + half)).astype(np.float32)
+
+
+def std_from_model(std: np.ndarray, stats: Stats) -> np.ndarray:
+    """A standard deviation in model space → intensity units (``a·s``; no offset)."""
+    return (np.asarray(std, dtype=np.float64) * ((stats.high - stats.low) / 2.0)).astype(np.float32)

@@ -1,0 +1,240 @@
+"""One output block: read block + halo → tiles → N samples each → blend → write own chunks.
+
+This is the body of every Dask task of ``bigrestore run`` (DESIGN.md, "The engine"). It is
+plain Python over explicit arguments (a :class:`RunJob` and a :class:`BlockTask`) so that it
+can be tested without Dask, and it is idempotent: running a block twice writes the same bytes
+to the same chunks (position-keyed noise, decision 3) and then sets its done-record.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import zarr
+
+from bigrestore.diffusion import Schedule, predict_regression, sample_repeated
+from bigrestore.normalize import Stats, from_model, std_from_model, to_model
+from bigrestore.rng import TileKey
+from bigrestore.tiling import Block, TileGrid, blend_tiles, block_read_region, cut_tiles, pad_region
+
+log = logging.getLogger(__name__)
+
+OUTPUTS = ("mean", "std", "entropy")
+OUTPUT_DTYPES = ("float32", "uint16", "uint8")
+
+
+@dataclass(frozen=True)
+class RestoreSettings:
+    """User-facing settings of a run; all of them are recorded in the run manifest.
+
+    ``steps`` None means the schedule's T (the paper's ancestral setting).
+    """
+
+    samples: int = 8
+    sampler: str = "ddim"
+    steps: int | None = 20
+    eta: float = 0.0
+    tile: int = 256
+    overlap: int = 32
+    seed: int = 0
+    batch: int = 8
+    dtype: str = "float32"
+    output_scale: str = "target"
+    chunk: int = 512
+    chunks_per_block: int = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class RunJob:
+    """Everything a worker needs for any block of one run (small, picklable).
+
+    ``input_array``: path of the level-0 zarr array; ``axes``: its axes (subset of tczyx);
+    ``input_stats``: per input channel, the volume-global normalisation statistics;
+    ``output_stats``: per output channel, the statistics that map model space back.
+    """
+
+    input_array: str
+    axes: str
+    output_root: str
+    out_axes_shape: tuple[int, ...]
+    model_path: str
+    model_sha256: str
+    settings: RestoreSettings
+    input_stats: tuple[Stats, ...]
+    output_stats: tuple[Stats, ...]
+    objective: str
+    schedule: dict[str, Any]
+    multiple: int
+    device: str = "auto"
+    torch_threads: int = 0
+    gpu_count: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BlockTask:
+    """One block of one plane: ``t``/``z`` indices (0 if the axis is absent), the input channels
+    fed to the model together, their positions in the output channel axis, and the YX block."""
+
+    t: int
+    z: int
+    channels: tuple[int, ...]
+    out_channels: tuple[int, ...]
+    block: Block
+    done_index: tuple[int, ...]
+
+    @property
+    def name(self) -> str:
+        return "block-" + "-".join(str(i) for i in self.done_index)
+
+
+# ----------------------------------------------------------------------------- model per worker
+
+#: The one documented per-process cache (STYLE.md 5): a model is loaded once per worker.
+_MODELS: dict[tuple[str, str, str], tuple[torch.nn.Module, dict[str, Any]]] = {}
+
+
+def pick_device(requested: str, gpu_count: int = 0) -> torch.device:
+    """The torch device of this process: one GPU per worker when CUDA is there, else the CPU.
+
+    Under dask-cuda each worker sees exactly one GPU (cuda:0); without it, a worker named
+    ``gpu-K`` takes device K modulo the GPUs it can see.
+    """
+    if requested == "cpu" or not torch.cuda.is_available():
+        if requested == "cuda":
+            raise RuntimeError("--device cuda requested but torch sees no CUDA device")
+        return torch.device("cpu")
+    index = 0
+    try:
+        from distributed import get_worker
+
+        name = str(get_worker().name)
+        if name.startswith("gpu-"):
+            index = int(name.split("-")[1]) % torch.cuda.device_count()
+    except (ImportError, ValueError):
+        index = 0
+    return torch.device(f"cuda:{index}")
+
+
+def load_cached_model(path: str, sha256: str, device: torch.device) -> tuple[torch.nn.Module, dict]:
+    from bigrestore.checkpoint import load_model
+
+    key = (path, sha256, str(device))
+    if key not in _MODELS:
+        net, spec = load_model(Path(path), device=device)
+        net.eval()
+        _MODELS[key] = (net, spec)
+    return _MODELS[key]
+
+
+# ----------------------------------------------------------------------------- block work
+
+
+def _index(axes: str, t: int, channels: tuple[int, ...] | slice, z: int, ys: slice, xs: slice) -> tuple:
+    """A zarr selection for ``axes`` from per-axis parts (axes not present are skipped)."""
+    parts = {"t": t, "c": list(channels) if isinstance(channels, tuple) else channels, "z": z, "y": ys, "x": xs}
+    return tuple(parts[a] for a in axes)
+
+
+def _write_index(axes: str, task: BlockTask, ys: slice, xs: slice) -> tuple:
+    first, last = task.out_channels[0], task.out_channels[-1] + 1
+    parts = {"t": task.t, "c": slice(first, last), "z": task.z, "y": ys, "x": xs}
+    return tuple(parts[a] for a in axes)
+
+
+def _cast(mean: np.ndarray, dtype: str) -> tuple[np.ndarray, int]:
+    """Cast the mean to the requested dtype, clipping; returns the number of clipped pixels."""
+    if dtype == "float32":
+        return mean.astype(np.float32), 0
+    info = np.iinfo(np.dtype(dtype))
+    clipped = int(np.count_nonzero((mean < info.min) | (mean > info.max)))
+    return np.clip(np.round(mean), info.min, info.max).astype(dtype), clipped
+
+
+def compute_block(job: RunJob, task: BlockTask, net: torch.nn.Module, device: torch.device) -> dict[str, Any]:
+    """Restore one block; write its chunks of mean/std/entropy and its done-record.
+
+    Returns a small record: tiles computed, clipped pixels, seconds.
+    """
+    started = time.perf_counter()
+    s = job.settings
+    height, width = job.out_axes_shape[job.axes.index("y")], job.out_axes_shape[job.axes.index("x")]
+    grid = TileGrid(height, width, s.tile, s.overlap, job.multiple)
+    ry0, ry1, rx0, rx1 = block_read_region(task.block, grid)
+    source = zarr.open_array(job.input_array, mode="r")
+    region = np.asarray(source[_index(job.axes, task.t, task.channels, task.z, slice(ry0, ry1), slice(rx0, rx1))])
+    if "c" not in job.axes:
+        region = region[None]
+    normalised = np.stack([to_model(region[i], job.input_stats[c]) for i, c in enumerate(task.channels)])
+    padded = pad_region(normalised, grid, ry0, rx0)
+    origins = grid.tiles_touching(*task.block.region)
+    tiles = cut_tiles(padded, grid, ry0, rx0, origins)
+    cond = torch.from_numpy(np.stack([tiles[o] for o in origins])).to(device)
+    autocast = torch.bfloat16 if device.type == "cuda" else None
+    with torch.inference_mode():
+        if job.objective == "regression":
+            mean_t = _regression(net, cond, s.batch, autocast)
+            std_t = torch.zeros_like(mean_t)
+            entropy_t = torch.zeros_like(mean_t)
+        else:
+            keys = [TileKey(s.seed, task.t, task.channels[0], task.z, ty, tx) for ty, tx in origins]
+            stats = sample_repeated(
+                net, cond, keys, s.samples, Schedule.from_dict(job.schedule),
+                sampler=s.sampler, steps=s.steps, eta=s.eta, device=device,
+                max_batch=s.batch, autocast_dtype=autocast,
+            )
+            mean_t, std_t, entropy_t = stats.mean, stats.std, stats.entropy
+    maps = {"mean": mean_t, "std": std_t, "entropy": entropy_t}
+    blended = {
+        name: blend_tiles(
+            {o: values[i] for i, o in enumerate(origins)}, grid, *task.block.region
+        )
+        for name, values in ((k, v.float().cpu().numpy()) for k, v in maps.items())
+    }
+    out_stats = [job.output_stats[c] for c in task.out_channels]
+    mean = np.stack([from_model(blended["mean"][i], st) for i, st in enumerate(out_stats)])
+    std = np.stack([std_from_model(blended["std"][i], st) for i, st in enumerate(out_stats)])
+    entropy = blended["entropy"].astype(np.float32)
+    mean, clipped = _cast(mean, s.dtype)
+    root = Path(job.output_root)
+    ys, xs = slice(task.block.y0, task.block.y1), slice(task.block.x0, task.block.x1)
+    where = _write_index(job.axes, task, ys, xs)
+    for name, values in (("mean", mean), ("std", std), ("entropy", entropy)):
+        target = zarr.open_array(str(root / name / "0"), mode="r+")
+        target[where] = values if "c" in job.axes else values[0]
+    done = zarr.open_array(str(root / "done"), mode="r+")
+    done[task.done_index] = 1
+    return {"block": task.name, "tiles": len(origins), "clipped": clipped,
+            "seconds": time.perf_counter() - started}
+
+
+def _regression(net: torch.nn.Module, cond: torch.Tensor, batch: int, autocast: torch.dtype | None) -> torch.Tensor:
+    outputs = []
+    for start in range(0, cond.shape[0], batch):
+        part = cond[start : start + batch]
+        if autocast is not None:
+            with torch.autocast(part.device.type, dtype=autocast):
+                outputs.append(predict_regression(net, part).float())
+        else:
+            outputs.append(predict_regression(net, part).float())
+    return torch.cat(outputs)
+
+
+def run_block(job: RunJob, task: BlockTask) -> dict[str, Any]:
+    """Dask task entry: pick this worker's device, load the model once, compute the block."""
+    if job.torch_threads > 0 and torch.get_num_threads() != job.torch_threads:
+        torch.set_num_threads(job.torch_threads)
+    device = pick_device(job.device, job.gpu_count)
+    net, _ = load_cached_model(job.model_path, job.model_sha256, device)
+    record = compute_block(job, task, net, device)
+    record["device"] = str(device)
+    return record

@@ -1,0 +1,151 @@
+"""`bigrestore run` end to end: real volume, Dask LocalCluster, resume, determinism, errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+import zarr
+from click.testing import CliRunner
+from conftest import data_path, read_with_ome_zarr_py, validate_ngff
+
+from bigrestore.api import restore
+from bigrestore.checkpoint import save_model
+from bigrestore.cli import cli
+from bigrestore.errors import CannotCreateOutputError, IncompatibleModelError, ResumableInterrupt
+from bigrestore.execute import ClusterSpec
+from bigrestore.io.ome import ImageMeta, open_image, write_image
+from bigrestore.model.unet import ConditionalUNet, UNetConfig
+from bigrestore.restore import RestoreSettings
+
+SETTINGS = RestoreSettings(samples=2, sampler="ddim", steps=2, tile=32, overlap=8, batch=4, chunk=48)
+
+
+def tiny_model(directory: Path, objective: str = "diffusion") -> Path:
+    torch.manual_seed(0)
+    net = ConditionalUNet(UNetConfig(base_channels=8, channel_mult=(1, 2), blocks_per_level=1,
+                                     attn_resolutions=(), train_resolution=32, channels_per_head=8))
+    with torch.no_grad():  # non-zero output gain, so the output depends on the input
+        for name, p in net.named_parameters():
+            if name.endswith("gain"):
+                p.fill_(1.0)
+    spec = {"objective": objective, "schedule": {"T": 200, "s": 0.008},
+            "normalization": {"method": "percentile", "p_low": 1.0, "p_high": 99.8,
+                              "target": {"low": 100.0, "high": 5000.0}}}
+    save_model(directory, net, spec)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def noisy_nuclei(tmp_path_factory) -> Path:
+    """cells3d nuclei (4 z-planes, 112x96 crop) with simulated Poisson-Gaussian low-light noise."""
+    clean = tifffile.imread(data_path("clean/cells3d_nuclei.tif"))[28:32, 80:192, 100:196].astype(np.float64)
+    rng = np.random.default_rng(0)
+    photons = clean / clean.max() * 20.0
+    noisy = rng.poisson(photons) * 400.0 + rng.normal(100.0, 30.0, size=clean.shape)
+    noisy = np.clip(noisy, 0, 65535).astype(np.uint16)
+    path = tmp_path_factory.mktemp("in") / "nuclei.zarr"
+    meta = ImageMeta("zyx", (0.29, 0.26, 0.26), (0.0, 5.0, 7.0), ("micrometer",) * 3, None, "nuclei")
+    write_image(path, noisy, meta, chunks=(1, 40, 40))
+    return path
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> Path:
+    return tiny_model(tmp_path_factory.mktemp("m") / "model")
+
+
+@pytest.fixture(scope="module")
+def reference(noisy_nuclei, model, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("ref") / "out.zarr"
+    restore(noisy_nuclei, out, model=model, settings=SETTINGS, cluster=ClusterSpec(workers=1),
+            pyramid_min_side=40)
+    return out
+
+
+def test_outputs_are_valid_multiscale_images(noisy_nuclei, reference):
+    source = open_image(noisy_nuclei)
+    for name in ("mean", "std", "entropy"):
+        validate_ngff(reference / name)
+        image = open_image(reference / name)
+        assert image.data.shape == source.data.shape
+        assert image.meta.axes == "zyx"
+        assert image.meta.scale == pytest.approx(source.meta.scale)
+        assert image.meta.translation == pytest.approx(source.meta.translation)
+        assert image.level_shapes == ((4, 112, 96), (4, 56, 48), (4, 28, 24))
+        levels, _ = read_with_ome_zarr_py(reference / name)
+        level1 = levels[0].astype(np.float64).reshape(4, 56, 2, 48, 2).mean(axis=(2, 4))
+        np.testing.assert_allclose(levels[1], level1, rtol=1e-5, atol=1e-3)
+        data = levels[0]
+        assert np.isfinite(data).all() and data.std() > 0
+    std = open_image(reference / "std").data.compute()
+    entropy = open_image(reference / "entropy").data.compute()
+    assert (std >= 0).all() and (entropy >= 0).all() and entropy.max() <= 1.0 + 1e-6  # 2 samples: <= 1 bit
+    manifest = dict(zarr.open_group(str(reference), mode="r").attrs["bigrestore"])
+    assert manifest["status"] == "complete"
+    assert manifest["settings"]["samples"] == 2
+    assert set(manifest["input_statistics"]) == {"0"}
+
+
+def test_same_output_for_any_block_size_and_worker_count(noisy_nuclei, model, reference, tmp_path):
+    other = RestoreSettings(**{**SETTINGS.to_dict(), "chunk": 64})
+    out = tmp_path / "two_workers.zarr"
+    restore(noisy_nuclei, out, model=model, settings=other, cluster=ClusterSpec(workers=2), pyramid_min_side=40)
+    for name in ("mean", "std", "entropy"):
+        a = open_image(reference / name).data.compute()
+        b = open_image(out / name).data.compute()
+        np.testing.assert_array_equal(a, b)
+
+
+def test_resume_after_interrupt_matches_uninterrupted(noisy_nuclei, model, reference, tmp_path):
+    out = tmp_path / "resumed.zarr"
+
+    def stop_early(record, done, total):
+        if done == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(ResumableInterrupt, match="--resume"):
+        restore(noisy_nuclei, out, model=model, settings=SETTINGS, progress=stop_early, pyramid_min_side=40)
+    root = zarr.open_group(str(out), mode="r")
+    assert root.attrs["bigrestore"]["status"] == "running"
+    assert 0 < int(np.asarray(root["done"][...]).sum()) < root["done"].size
+    with pytest.raises(IncompatibleModelError, match="settings"):
+        restore(noisy_nuclei, out, model=model, resume=True, pyramid_min_side=40,
+                settings=RestoreSettings(**{**SETTINGS.to_dict(), "samples": 3}))
+    result = restore(noisy_nuclei, out, model=model, settings=SETTINGS, resume=True, pyramid_min_side=40)
+    assert 0 < result.blocks_done_now < result.blocks_total
+    for name in ("mean", "std", "entropy"):
+        np.testing.assert_array_equal(open_image(out / name).data.compute(),
+                                      open_image(reference / name).data.compute())
+
+
+def test_regression_model_and_uint16_output(noisy_nuclei, tmp_path):
+    model = tiny_model(tmp_path / "reg", objective="regression")
+    settings = RestoreSettings(**{**SETTINGS.to_dict(), "dtype": "uint16", "output_scale": "input"})
+    out = tmp_path / "reg.zarr"
+    result = restore(noisy_nuclei, out, model=model, settings=settings)
+    mean = open_image(out / "mean")
+    assert mean.data.dtype == np.uint16
+    assert float(open_image(out / "std").data.max().compute()) == 0.0
+    assert result.manifest["clipped_pixels"] >= 0
+
+
+def test_refuses_bad_requests_before_writing(noisy_nuclei, model, reference, tmp_path):
+    with pytest.raises(CannotCreateOutputError, match="--overwrite"):
+        restore(noisy_nuclei, reference, model=model, settings=SETTINGS)
+    runner = CliRunner()
+    missing = runner.invoke(cli, ["run", str(tmp_path / "nope.zarr"), "--model", str(model)])
+    assert missing.exit_code == 66
+    bad_tile = runner.invoke(cli, ["run", str(noisy_nuclei), "-o", str(tmp_path / "x.zarr"), "--model",
+                                   str(model), "--tile", "30"])
+    assert bad_tile.exit_code == 65 and "tile" in bad_tile.output
+    assert not (tmp_path / "x.zarr").exists()
+    broken = tmp_path / "broken"
+    tiny_model(broken)
+    (broken / "model.safetensors").write_bytes(b"not a model")
+    bad_model = runner.invoke(cli, ["run", str(noisy_nuclei), "-o", str(tmp_path / "y.zarr"), "--model", str(broken)])
+    assert bad_model.exit_code == 78
+    assert not (tmp_path / "y.zarr").exists()
