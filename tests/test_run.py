@@ -149,3 +149,29 @@ def test_refuses_bad_requests_before_writing(noisy_nuclei, model, reference, tmp
     bad_model = runner.invoke(cli, ["run", str(noisy_nuclei), "-o", str(tmp_path / "y.zarr"), "--model", str(broken)])
     assert bad_model.exit_code == 78
     assert not (tmp_path / "y.zarr").exists()
+
+
+def _worker_environment():
+    import os
+
+    import torch
+
+    return os.environ.get("MALLOC_TRIM_THRESHOLD_"), os.environ.get("OMP_NUM_THREADS"), torch.get_num_threads()
+
+
+def test_workers_start_without_dask_malloc_trim_setting():
+    from bigrestore.execute import open_client
+
+    with open_client(ClusterSpec(workers=1)) as client:
+        [(trim, omp, _)] = client.run(_worker_environment).values()
+    assert trim is None and omp is None
+
+
+def test_gpu_request_without_gpu_falls_back_to_one_cpu_worker_each():
+    from bigrestore.execute import open_client, worker_count
+
+    if torch.cuda.is_available():
+        pytest.skip("this checks the CPU fallback")
+    with open_client(ClusterSpec(gpus=2, workers=2)) as client:
+        assert worker_count(client) == 2
+        assert all(w["nthreads"] == 1 for w in client.scheduler_info()["workers"].values())
