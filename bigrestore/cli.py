@@ -234,6 +234,9 @@ def run(input_path: Path, output: Path | None, model: Path | None, samples: int,
 
 
 # --- registered commands (one line each: cli.add_command(module.command)) ---
+from bigrestore.commands import evaluate as evaluate_command  # noqa: E402
+
+cli.add_command(evaluate_command.command)
 from bigrestore.commands import register as register_command  # noqa: E402
 
 cli.add_command(register_command.command)
