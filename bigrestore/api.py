@@ -39,7 +39,7 @@ from bigrestore.io.ome import (
     prepare_output,
 )
 from bigrestore.normalize import P_HIGH, P_LOW, Stats, percentile_stats
-from bigrestore.restore import OUTPUT_DTYPES, OUTPUTS, BlockTask, RestoreSettings, RunJob, run_block
+from bigrestore.restore import OUTPUT_DTYPES, OUTPUTS, BlockTask, RestoreSettings, RunJob, run_block, sample_name
 from bigrestore.tiling import TileGrid, plan_blocks
 
 log = logging.getLogger(__name__)
@@ -128,6 +128,14 @@ def _plan_tasks(meta: ImageMeta, shape: tuple[int, ...], groups: list[tuple[tupl
     return tasks, (nt, len(groups), nz, nby, nbx)
 
 
+def output_names(settings: RestoreSettings, spec: dict[str, Any]) -> list[str]:
+    """mean, std, entropy, and samples/NN.zarr with ``save_samples`` (diffusion models)."""
+    names = list(OUTPUTS)
+    if settings.save_samples and spec.get("objective", "diffusion") == "diffusion":
+        names += [sample_name(k) for k in range(settings.samples)]
+    return names
+
+
 def _check_resume(root: zarr.Group, record: dict[str, Any], path: Path) -> None:
     previous = dict(root.attrs.get(MANIFEST_KEY, {}))
     for key in ("input", "model_sha256", "settings", "channels"):
@@ -186,6 +194,7 @@ def restore(
     net, spec = load_model(model_path, device="cpu")
     unet = net.config
     multiple = unet.downsample_factor
+    settings = settings.resolved(unet.train_resolution)
     TileGrid(8, 8, settings.tile, settings.overlap, multiple)  # validates tile/overlap early
     if settings.sampler == "ancestral" and settings.steps not in (None, spec["schedule"]["T"]):
         raise BadInputError(describe("--steps", "steps", f"{spec['schedule']['T']} for --sampler ancestral", settings.steps))
@@ -234,8 +243,8 @@ def restore(
         root = zarr.open_group(str(output), mode="w", zarr_format=3 if ngff_version == "0.5" else 2)
         root.attrs[MANIFEST_KEY] = {**record, "status": "running", "version": __version__}
         chunks = tuple(min(n, settings.chunk) if a in "yx" else 1 for a, n in zip(meta.axes, out_shape_t, strict=True))
-        for name in OUTPUTS:
-            dtype = settings.dtype if name == "mean" else "float32"
+        for name in output_names(settings, spec):
+            dtype = "float32" if name in ("std", "entropy") else settings.dtype
             create_level0(output / name, out_shape_t, dtype, meta.axes, chunks, ngff_version)
         root.create_array("done", shape=done_shape, dtype="uint8", chunks=(1,) * len(done_shape), fill_value=0)
         tasks_left = tasks
@@ -281,7 +290,7 @@ def restore(
     compute_seconds = time.perf_counter() - started
 
     window = None
-    for name in OUTPUTS:
+    for name in output_names(settings, spec):
         out_meta = ImageMeta(meta.axes, meta.scale, meta.translation, meta.units,
                              out_names if "c" in meta.axes else None, f"{meta.name} {name}")
         if name == "mean" and settings.dtype == "float32":

@@ -160,8 +160,10 @@ def _by_axis(axes: str, values: list[Any]) -> str:
 @click.option("--steps", type=int, default=20, show_default=True,
               help="Network evaluations per sample for ddim/dpmpp_2m (ancestral uses T).")
 @click.option("--eta", type=float, default=0.0, show_default=True, help="DDIM stochasticity (0..1).")
-@click.option("--tile", default=256, show_default=True, help="Tile size in pixels (YX).")
-@click.option("--overlap", default=32, show_default=True, help="Overlap of neighbouring tiles, pixels.")
+@click.option("--tile", type=int, default=None,
+              help="Tile size in pixels (YX) [default: the model's training patch size].")
+@click.option("--overlap", type=int, default=None, help="Overlap of neighbouring tiles, pixels [default: tile/4].")
+@click.option("--save-samples", is_flag=True, help="Also write every sample as OUTPUT/samples/NN.zarr.")
 @click.option("--seed", default=0, show_default=True, help="Run seed: noise is keyed by (seed, position, sample).")
 @click.option("--batch", default=8, show_default=True, help="Network batch size (tiles x samples) per call.")
 @click.option("--gpus", type=int, default=0, help="Use N GPUs: one Dask worker per GPU.")
@@ -179,9 +181,10 @@ def _by_axis(axes: str, values: list[Any]) -> str:
 @click.option("--ngff-version", type=click.Choice(["0.4", "0.5"]), default="0.5", show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 def run(input_path: Path, output: Path | None, model: Path | None, samples: int, sampler: str,
-        steps: int, eta: float, tile: int, overlap: int, seed: int, batch: int, gpus: int, workers: int,
+        steps: int, eta: float, tile: int | None, overlap: int | None, seed: int, batch: int, gpus: int, workers: int,
         scheduler: str | None, resume: bool, overwrite: bool, channels: str | None, dtype: str,
-        output_scale: str, chunk: int, series: int | None, ngff_version: str, device: str) -> None:
+        output_scale: str, chunk: int, series: int | None, ngff_version: str, device: str,
+        save_samples: bool) -> None:
     """Restore an OME-Zarr image tile by tile on a Dask cluster.
 
     Writes OUTPUT/mean, OUTPUT/std and OUTPUT/entropy, each a multiscale OME-Zarr image with the
@@ -205,7 +208,7 @@ def run(input_path: Path, output: Path | None, model: Path | None, samples: int,
         raise click.UsageError("--gpus and --scheduler exclude each other")
     settings = RestoreSettings(samples=samples, sampler=sampler, steps=None if sampler == "ancestral" else steps,
                                eta=eta, tile=tile, overlap=overlap, seed=seed, batch=batch, dtype=dtype,
-                               output_scale=output_scale, chunk=chunk)
+                               output_scale=output_scale, chunk=chunk, save_samples=save_samples)
     cluster = ClusterSpec(gpus=gpus, workers=gpus or workers, scheduler=scheduler)
     bar = tqdm(total=None, unit="block", desc="restoring", dynamic_ncols=True)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,11 @@ from bigrestore.tiling import Block, TileGrid, blend_tiles, block_read_region, c
 log = logging.getLogger(__name__)
 
 OUTPUTS = ("mean", "std", "entropy")
+
+
+def sample_name(k: int) -> str:
+    """Output image of the k-th individual sample (``--save-samples``): samples/NN.zarr."""
+    return f"samples/{k:02d}.zarr"
 OUTPUT_DTYPES = ("float32", "uint16", "uint8")
 
 
@@ -40,14 +45,22 @@ class RestoreSettings:
     sampler: str = "ddim"
     steps: int | None = 20
     eta: float = 0.0
-    tile: int = 256
-    overlap: int = 32
+    tile: int | None = None
+    overlap: int | None = None
     seed: int = 0
     batch: int = 8
     dtype: str = "float32"
     output_scale: str = "target"
     chunk: int = 512
     chunks_per_block: int = 1
+    save_samples: bool = False
+
+    def resolved(self, train_resolution: int) -> RestoreSettings:
+        """Tile defaults to the model's training patch size (the scale its attention saw),
+        overlap to a quarter tile."""
+        tile = self.tile or train_resolution
+        overlap = self.overlap if self.overlap is not None else tile // 4
+        return replace(self, tile=tile, overlap=overlap)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -190,10 +203,12 @@ def compute_block(job: RunJob, task: BlockTask, net: torch.nn.Module, device: to
             stats = sample_repeated(
                 net, cond, keys, s.samples, Schedule.from_dict(job.schedule),
                 sampler=s.sampler, steps=s.steps, eta=s.eta, device=device,
-                max_batch=s.batch, autocast_dtype=autocast,
+                max_batch=s.batch, autocast_dtype=autocast, return_samples=s.save_samples,
             )
             mean_t, std_t, entropy_t = stats.mean, stats.std, stats.entropy
     maps = {"mean": mean_t, "std": std_t, "entropy": entropy_t}
+    if s.save_samples and job.objective != "regression":
+        maps.update({sample_name(k): stats.samples[k] for k in range(s.samples)})
     blended = {
         name: blend_tiles(
             {o: values[i] for i, o in enumerate(origins)}, grid, *task.block.region
@@ -208,7 +223,11 @@ def compute_block(job: RunJob, task: BlockTask, net: torch.nn.Module, device: to
     root = Path(job.output_root)
     ys, xs = slice(task.block.y0, task.block.y1), slice(task.block.x0, task.block.x1)
     where = _write_index(job.axes, task, ys, xs)
-    for name, values in (("mean", mean), ("std", std), ("entropy", entropy)):
+    written = [("mean", mean), ("std", std), ("entropy", entropy)]
+    for name in (n for n in blended if n.startswith("samples/")):
+        sample = np.stack([from_model(blended[name][i], st) for i, st in enumerate(out_stats)])
+        written.append((name, _cast(sample, s.dtype)[0]))
+    for name, values in written:
         target = zarr.open_array(str(root / name / "0"), mode="r+")
         target[where] = values if "c" in job.axes else values[0]
     done = zarr.open_array(str(root / "done"), mode="r+")

@@ -140,7 +140,7 @@ def test_refuses_bad_requests_before_writing(noisy_nuclei, model, reference, tmp
     missing = runner.invoke(cli, ["run", str(tmp_path / "nope.zarr"), "--model", str(model)])
     assert missing.exit_code == 66
     bad_tile = runner.invoke(cli, ["run", str(noisy_nuclei), "-o", str(tmp_path / "x.zarr"), "--model",
-                                   str(model), "--tile", "30"])
+                                   str(model), "--tile", "33"])
     assert bad_tile.exit_code == 65 and "tile" in bad_tile.output
     assert not (tmp_path / "x.zarr").exists()
     broken = tmp_path / "broken"
@@ -175,3 +175,15 @@ def test_gpu_request_without_gpu_falls_back_to_one_cpu_worker_each():
     with open_client(ClusterSpec(gpus=2, workers=2)) as client:
         assert worker_count(client) == 2
         assert all(w["nthreads"] == 1 for w in client.scheduler_info()["workers"].values())
+
+
+def test_saved_samples_average_to_the_mean_and_tile_defaults_to_model(noisy_nuclei, model, tmp_path):
+    settings = RestoreSettings(samples=3, steps=2, batch=4, chunk=64, save_samples=True)
+    out = tmp_path / "s.zarr"
+    result = restore(noisy_nuclei, out, model=model, settings=settings)
+    assert result.manifest["settings"]["tile"] == 32 and result.manifest["settings"]["overlap"] == 8
+    samples = [open_image(out / "samples" / f"{k:02d}.zarr").data.compute() for k in range(3)]
+    validate_ngff(out / "samples" / "00.zarr")
+    mean = open_image(out / "mean").data.compute()
+    np.testing.assert_allclose(np.mean(samples, axis=0), mean, rtol=1e-4, atol=1e-2)
+    assert not np.array_equal(samples[0], samples[1])
