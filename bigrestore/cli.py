@@ -243,6 +243,9 @@ cli.add_command(evaluate_command.command)
 from bigrestore.commands import register as register_command  # noqa: E402
 
 cli.add_command(register_command.command)
+from bigrestore.commands import train as train_command  # noqa: E402
+
+cli.add_command(train_command.command)
 
 
 def main() -> None:
