@@ -18,20 +18,18 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import time
 from pathlib import Path
 
 import numpy as np
 import tifffile
 import torch
 
+from bigrestore.api import restore
 from bigrestore.checkpoint import load_model
-from bigrestore.diffusion import Schedule, predict_regression, sample_repeated
 from bigrestore.evaluate import evaluate
-from bigrestore.io.ome import ImageMeta, write_image
+from bigrestore.io.ome import ImageMeta, open_image, write_image
 from bigrestore.metrics import ms_ssim, normalize_percentile, psnr
-from bigrestore.normalize import from_model, percentile_stats, to_model
-from bigrestore.rng import TileKey
+from bigrestore.restore import RestoreSettings
 
 CROP = 256
 METRICS = ("mae", "psnr", "nrmse", "pearson", "ms_ssim", "resolution_ratio")
@@ -51,35 +49,11 @@ def save(path: Path, data: np.ndarray) -> Path:
     return path
 
 
-def normalised(low: np.ndarray, p_low: float, p_high: float) -> tuple[np.ndarray, list]:
-    """Per-image model-space inputs (n, 1, 256, 256) and their statistics."""
-    planes = low.reshape(-1, CROP, CROP)
-    stats = [percentile_stats(p, p_low, p_high) for p in planes]
-    cond = np.stack([to_model(p, s) for p, s in zip(planes, stats, strict=True)])[:, None]
-    return cond, stats
-
-
-def diffusion_samples(
-    net, spec, cond: np.ndarray, n: int, sampler: str, steps: int | None, seed: int = 0, batch: int = 16
-) -> tuple[np.ndarray, float]:
-    """(n_samples, planes, 256, 256) model-space samples, and seconds per image."""
-    schedule = Schedule.from_dict(spec["schedule"])
-    keys = [TileKey(seed, i // 3, i % 3, 0, 0, 0) for i in range(cond.shape[0])]
-    started = time.perf_counter()
-    out = []
-    with torch.inference_mode():
-        for start in range(0, cond.shape[0], 4):
-            result = sample_repeated(
-                net, torch.from_numpy(cond[start : start + 4]), keys[start : start + 4], n, schedule,
-                sampler=sampler, steps=steps, max_batch=batch, return_samples=True,
-            )
-            out.append(result.samples[:, :, 0].numpy())
-    return np.concatenate(out, axis=1), (time.perf_counter() - started) / cond.shape[0]
-
-
-def to_intensity(values: np.ndarray, stats: list) -> np.ndarray:
-    """Model space → each image's own input intensity scale (per-image, as W2S needs)."""
-    return np.stack([from_model(v, s) for v, s in zip(values, stats, strict=True)])
+def restored(work: Path, name: str, source: Path, model: Path, **settings) -> tuple[Path, float]:
+    """Run `bigrestore run` (the real tiled, Dask path) and return the output store and its seconds."""
+    out = work / f"{name}.restored.zarr"
+    result = restore(source, out, model=model, settings=RestoreSettings(**settings), overwrite=True)
+    return out, result.seconds
 
 
 def score(pred_model: np.ndarray, gt_planes: np.ndarray) -> dict[str, float]:
@@ -109,12 +83,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("work", type=Path)
     parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
-    parser.add_argument("--samples", type=int, default=15)
+    parser.add_argument("--samples", type=int, default=10)
     parser.add_argument("--fast-sampler", default="dpmpp_2m")
     parser.add_argument("--fast-steps", type=int, default=10)
-    parser.add_argument("--steps-curve", default="5,10,20,50")
-    parser.add_argument("--ancestral-images", type=int, default=6)
-    parser.add_argument("--fields", type=int, default=20, help="Validation fields used (all 20 by default).")
+    parser.add_argument("--steps-curve", default="5,10,20")
+    parser.add_argument("--ancestral-fields", type=int, default=1)
+    parser.add_argument("--fields", type=int, default=4, help="Validation fields used (of 20).")
     parser.add_argument("--out", type=Path, default=Path("docs/benchmarks-w2s.json"))
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -128,57 +102,45 @@ def main() -> None:
     tlow, thigh = centre_crops(args.data / "w2s/train_low.tif"), centre_crops(args.data / "w2s/train_high.tif")
     paths = {name: save(bench / f"{name}.zarr", arr)
              for name, arr in (("raw", low), ("gt", high), ("train_raw", tlow), ("train_gt", thigh))}
-    shape = low.shape
 
-    ddpm, ddpm_spec = load_model(work / "model_diffusion")
-    reg, reg_spec = load_model(work / "model_regression")
-    ddpm.eval()
-    reg.eval()
-    norm = ddpm_spec["normalization"]
-    cond, stats = normalised(low, norm["p_low"], norm["p_high"])
-
-    started = time.perf_counter()
-    with torch.inference_mode():
-        reg_out = np.concatenate([predict_regression(reg, torch.from_numpy(cond[i : i + 8]))[:, 0].numpy()
-                                  for i in range(0, cond.shape[0], 8)])
-    timings["regression s/image"] = (time.perf_counter() - started) / cond.shape[0]
-    paths["regression"] = save(bench / "regression.zarr", to_intensity(reg_out, stats).reshape(shape))
-
-    samples, per_image = diffusion_samples(ddpm, ddpm_spec, cond, args.samples, args.fast_sampler, args.fast_steps)
-    timings[f"DDPM {args.fast_sampler} {args.fast_steps} steps x {args.samples} samples s/image"] = per_image
-    sample_dir = bench / "samples"
-    sample_dir.mkdir(exist_ok=True)
-    for k in range(args.samples):
-        save(sample_dir / f"sample_{k:02d}.zarr", to_intensity(samples[k], stats).reshape(shape))
-    paths["ddpm_single"] = save(bench / "ddpm_single.zarr", to_intensity(samples[0], stats).reshape(shape))
-    paths["ddpm_avg"] = save(bench / "ddpm_avg.zarr", to_intensity(samples.mean(0), stats).reshape(shape))
+    ddpm_dir, reg_dir = work / "model_diffusion", work / "model_regression"
+    n_images = low.shape[0] * low.shape[1]
+    reg_out, seconds = restored(bench, "regression", paths["raw"], reg_dir, batch=16)
+    timings["regression s/image"] = seconds / n_images
+    fast = {"sampler": args.fast_sampler, "steps": args.fast_steps, "batch": 16}
+    avg_out, seconds = restored(bench, "ddpm", paths["raw"], ddpm_dir, samples=args.samples, save_samples=True, **fast)
+    timings[f"DDPM {args.fast_sampler} {args.fast_steps} steps x {args.samples} samples s/image"] = seconds / n_images
 
     names = ["regression (CARE-like)", "DDPM single sample", f"DDPM-avg (N={args.samples})"]
     result = evaluate(
-        [paths["regression"], paths["ddpm_single"], paths["ddpm_avg"]], paths["gt"], names=names,
-        raw=paths["raw"], val_for_sigma=(paths["train_raw"], paths["train_gt"]), samples=sample_dir,
-        patch=CROP, report_dir=work / "quality_report", model_dir=work / "model_diffusion", overwrite=True,
+        [reg_out / "mean", avg_out / "samples" / "00.zarr", avg_out / "mean"], paths["gt"], names=names,
+        raw=paths["raw"], val_for_sigma=(paths["train_raw"], paths["train_gt"]), samples=avg_out / "samples",
+        std=avg_out / "std", entropy=avg_out / "entropy",
+        patch=CROP, report_dir=work / "quality_report", model_dir=ddpm_dir, overwrite=True,
     )
     methods = list(result.methods)
 
-    # Steps vs quality: the fast sampler at several step counts (mean of 1 and of 4 samples) and
-    # DDIM, on all 60 images; the full ancestral sampler (T=200) on a subset, against the fast one.
+    # Steps vs quality: one sample per image with the fast sampler at several step counts and
+    # DDIM; the paper's ancestral sampler (T=200) on a subset of fields, beside the fast one.
     gt_planes = high.reshape(-1, CROP, CROP)
     curve = []
-    for sampler, steps in [(args.fast_sampler, int(k)) for k in args.steps_curve.split(",")] + [("ddim", 10), ("ddim", 20)]:
-        s, per = diffusion_samples(ddpm, ddpm_spec, cond, 4, sampler, steps, seed=1)
-        for n in (1, 4):
-            curve.append({"sampler": sampler, "steps": steps, "samples": n, **score(s[:n].mean(0), gt_planes),
-                          "seconds_per_image_4_samples": round(per, 3)})
-    subset = list(range(0, cond.shape[0], max(1, cond.shape[0] // args.ancestral_images)))[: args.ancestral_images]
-    s_anc, per_anc = diffusion_samples(ddpm, ddpm_spec, cond[subset], 1, "ancestral", None, seed=1)
-    s_fast, per_fast = diffusion_samples(ddpm, ddpm_spec, cond[subset], 1, args.fast_sampler, args.fast_steps, seed=1)
-    subset_rows = {
-        "images": len(subset),
-        "ancestral (T=200), 1 sample": {**score(s_anc[0], gt_planes[subset]), "seconds_per_image": round(per_anc, 3)},
-        f"{args.fast_sampler} ({args.fast_steps} steps), 1 sample": {
-            **score(s_fast[0], gt_planes[subset]), "seconds_per_image": round(per_fast, 3)},
-    }
+    settings_list = [(args.fast_sampler, int(k)) for k in args.steps_curve.split(",")] + [("ddim", 10)]
+    for sampler, steps in settings_list:
+        out, seconds = restored(bench, f"curve_{sampler}_{steps}", paths["raw"], ddpm_dir, samples=1,
+                                sampler=sampler, steps=steps, batch=16, seed=1)
+        pred = open_image(out / "mean").data.compute().reshape(-1, CROP, CROP)
+        curve.append({"sampler": sampler, "steps": steps, "samples": 1, **score(pred, gt_planes),
+                      "seconds_per_image": round(seconds / n_images, 3)})
+    k = max(1, args.ancestral_fields)
+    sub = save(bench / "raw_subset.zarr", low[:k])
+    subset_rows: dict[str, object] = {"images": k * low.shape[1]}
+    for label, sampler, steps in (("ancestral (T=200)", "ancestral", None),
+                                  (f"{args.fast_sampler} ({args.fast_steps} steps)", args.fast_sampler, args.fast_steps)):
+        out, seconds = restored(bench, f"subset_{sampler}", sub, ddpm_dir, samples=1, sampler=sampler,
+                                steps=steps, batch=16, seed=1)
+        pred = open_image(out / "mean").data.compute().reshape(-1, CROP, CROP)
+        subset_rows[label + ", 1 sample"] = {**score(pred, gt_planes[: k * low.shape[1]]),
+                                             "seconds_per_image": round(seconds / (k * low.shape[1]), 3)}
 
     record = {
         "command": "benchmarks/train_w2s.sh WORK 40 && python benchmarks/quality_w2s.py WORK",
@@ -189,7 +151,8 @@ def main() -> None:
         "steps_curve": curve,
         "ancestral_vs_fast_subset": subset_rows,
         "timings": timings,
-        "models": {"diffusion": ddpm_spec.get("provenance", {}), "regression": reg_spec.get("provenance", {})},
+        "models": {"diffusion": load_model(ddpm_dir)[1].get("provenance", {}),
+                   "regression": load_model(reg_dir)[1].get("provenance", {})},
     }
     args.out.write_text(json.dumps(record, indent=2, default=str))
     print(record["table"])

@@ -39,7 +39,15 @@ from bigrestore.io.ome import (
     prepare_output,
 )
 from bigrestore.normalize import P_HIGH, P_LOW, Stats, percentile_stats
-from bigrestore.restore import OUTPUT_DTYPES, OUTPUTS, BlockTask, RestoreSettings, RunJob, run_block, sample_name
+from bigrestore.restore import (
+    OUTPUT_DTYPES,
+    OUTPUTS,
+    BlockTask,
+    RestoreSettings,
+    RunJob,
+    run_block,
+    sample_name,
+)
 from bigrestore.tiling import TileGrid, plan_blocks
 
 log = logging.getLogger(__name__)

@@ -163,6 +163,8 @@ def _by_axis(axes: str, values: list[Any]) -> str:
 @click.option("--tile", type=int, default=None,
               help="Tile size in pixels (YX) [default: the model's training patch size].")
 @click.option("--overlap", type=int, default=None, help="Overlap of neighbouring tiles, pixels [default: tile/4].")
+@click.option("--clip/--no-clip", "clip_x0", default=True, show_default=True,
+              help="Clip each predicted clean image to the model's [-1, 1] range while sampling.")
 @click.option("--save-samples", is_flag=True, help="Also write every sample as OUTPUT/samples/NN.zarr.")
 @click.option("--seed", default=0, show_default=True, help="Run seed: noise is keyed by (seed, position, sample).")
 @click.option("--batch", default=8, show_default=True, help="Network batch size (tiles x samples) per call.")
@@ -184,7 +186,7 @@ def run(input_path: Path, output: Path | None, model: Path | None, samples: int,
         steps: int, eta: float, tile: int | None, overlap: int | None, seed: int, batch: int, gpus: int, workers: int,
         scheduler: str | None, resume: bool, overwrite: bool, channels: str | None, dtype: str,
         output_scale: str, chunk: int, series: int | None, ngff_version: str, device: str,
-        save_samples: bool) -> None:
+        save_samples: bool, clip_x0: bool) -> None:
     """Restore an OME-Zarr image tile by tile on a Dask cluster.
 
     Writes OUTPUT/mean, OUTPUT/std and OUTPUT/entropy, each a multiscale OME-Zarr image with the
@@ -208,7 +210,8 @@ def run(input_path: Path, output: Path | None, model: Path | None, samples: int,
         raise click.UsageError("--gpus and --scheduler exclude each other")
     settings = RestoreSettings(samples=samples, sampler=sampler, steps=None if sampler == "ancestral" else steps,
                                eta=eta, tile=tile, overlap=overlap, seed=seed, batch=batch, dtype=dtype,
-                               output_scale=output_scale, chunk=chunk, save_samples=save_samples)
+                               output_scale=output_scale, chunk=chunk, save_samples=save_samples,
+                               clip_x0=clip_x0)
     cluster = ClusterSpec(gpus=gpus, workers=gpus or workers, scheduler=scheduler)
     bar = tqdm(total=None, unit="block", desc="restoring", dynamic_ncols=True)
 
@@ -237,6 +240,9 @@ def run(input_path: Path, output: Path | None, model: Path | None, samples: int,
 
 
 # --- registered commands (one line each: cli.add_command(module.command)) ---
+from bigrestore.commands import demo as demo_command  # noqa: E402
+
+cli.add_command(demo_command.command)
 from bigrestore.commands import evaluate as evaluate_command  # noqa: E402
 
 cli.add_command(evaluate_command.command)

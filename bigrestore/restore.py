@@ -54,6 +54,10 @@ class RestoreSettings:
     chunk: int = 512
     chunks_per_block: int = 1
     save_samples: bool = False
+    #: Clip each predicted clean image to [-1, 1] (model space) inside the sampler, as the
+    #: authors' Palette-style code does. Without it the first steps divide the network's error
+    #: by sqrt(alpha_bar_T) ~ 2.5e-4 and an imperfect model diverges (measured: values of ±1500).
+    clip_x0: bool = True
 
     def resolved(self, train_resolution: int) -> RestoreSettings:
         """Tile defaults to the model's training patch size (the scale its attention saw),
@@ -203,7 +207,7 @@ def compute_block(job: RunJob, task: BlockTask, net: torch.nn.Module, device: to
             stats = sample_repeated(
                 net, cond, keys, s.samples, Schedule.from_dict(job.schedule),
                 sampler=s.sampler, steps=s.steps, eta=s.eta, device=device,
-                max_batch=s.batch, autocast_dtype=autocast, return_samples=s.save_samples,
+                max_batch=s.batch, autocast_dtype=autocast, return_samples=s.save_samples, clip_x0=s.clip_x0,
             )
             mean_t, std_t, entropy_t = stats.mean, stats.std, stats.entropy
     maps = {"mean": mean_t, "std": std_t, "entropy": entropy_t}
