@@ -21,8 +21,10 @@ import zarr
 from bigrestore import __version__
 from bigrestore.errors import (
     BadInputError,
+    BigrestoreError,
     CannotCreateOutputError,
     IncompatibleModelError,
+    IOFailure,
     MissingInputError,
     ResumableInterrupt,
     UsageError,
@@ -216,7 +218,10 @@ def restore(
 
     norm = spec.get("normalization", {})
     p_low, p_high = float(norm.get("p_low", P_LOW)), float(norm.get("p_high", P_HIGH))
-    stats = input_statistics(image, selected, p_low, p_high)
+    try:
+        stats = input_statistics(image, selected, p_low, p_high)
+    except (RuntimeError, ValueError, OSError) as exc:  # e.g. a chunk that does not decode
+        raise BadInputError(describe(image.path, "pixels", "readable chunks", f"{type(exc).__name__}: {exc}")) from exc
     target = norm.get("target")
     if settings.output_scale == "target" and target:
         targets = [Stats.from_dict(target)] * len(selected)
@@ -294,6 +299,14 @@ def restore(
             raise ResumableInterrupt(
                 f"interrupted after {totals['done']} of {len(tasks_left)} blocks; finished blocks are kept. "
                 f"Resume with: bigrestore run {input_path} -o {output} --resume (same model and settings)"
+            ) from exc
+        except BigrestoreError:
+            raise
+        except Exception as exc:  # a block failed on a worker: unreadable chunk, disk full, ...
+            raise IOFailure(
+                f"{input_path}: a block failed after {totals['done']} of {len(tasks_left)} blocks: "
+                f"{type(exc).__name__}: {exc}. Finished blocks are kept; fix the cause, then re-run "
+                f"with --resume"
             ) from exc
     compute_seconds = time.perf_counter() - started
 

@@ -213,15 +213,16 @@ def run(input_path: Path, output: Path | None, model: Path | None, samples: int,
                                output_scale=output_scale, chunk=chunk, save_samples=save_samples,
                                clip_x0=clip_x0)
     cluster = ClusterSpec(gpus=gpus, workers=gpus or workers, scheduler=scheduler)
-    bar = tqdm(total=None, unit="block", desc="restoring", dynamic_ncols=True)
+    bars: list[Any] = []  # drawn at the first finished block, so refusals print one line only
 
     def on_client(client: Any) -> None:
         click.echo(f"Dask dashboard: {client.dashboard_link}", err=True)
 
     def progress(record: dict[str, Any], done: int, total: int) -> None:
-        bar.total = total
-        bar.update(1)
-        bar.set_postfix(tiles=record["tiles"], device=record.get("device", "?"), refresh=False)
+        if not bars:
+            bars.append(tqdm(total=total, unit="block", desc="restoring", dynamic_ncols=True))
+        bars[0].update(1)
+        bars[0].set_postfix(tiles=record["tiles"], device=record.get("device", "?"), refresh=False)
 
     try:
         result = restore(input_path, output, model=model, settings=settings, cluster=cluster,
@@ -229,7 +230,8 @@ def run(input_path: Path, output: Path | None, model: Path | None, samples: int,
                          resume=resume, overwrite=overwrite, ngff_version=ngff_version, device=device,
                          progress=progress, on_client=on_client)
     finally:
-        bar.close()
+        for bar in bars:
+            bar.close()
     tiles_per_s = result.tiles / result.seconds if result.seconds else 0.0
     click.echo(f"restored {result.blocks_done_now}/{result.blocks_total} blocks, {result.tiles} tiles "
                f"in {result.seconds:.1f} s ({tiles_per_s:.2f} tiles/s)")

@@ -11,6 +11,7 @@ written by ome-zarr-py (``write_multiscales_metadata``) so version differences l
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -181,6 +182,9 @@ def open_image(path: str | Path, level: int = 0, series: int | None = None) -> O
         raise BadInputError(describe(path, "datasets", "arrays named in multiscales", exc)) from exc
     ndim = arrays[0].ndim
     validate_axes(axes, ndim, path)
+    dtype = np.dtype(arrays[0].dtype)
+    if dtype.kind not in "uif":
+        raise BadInputError(describe(path, "dtype", "an integer or floating-point image", dtype))
     scale, translation = _level_transform(datasets[0], ndim)
     global_scale, global_translation = _level_transform(ms, ndim)
     scale = [s * g for s, g in zip(scale, global_scale, strict=True)]
@@ -236,6 +240,8 @@ def prepare_output(path: Path, overwrite: bool) -> None:
         shutil.rmtree(path) if path.is_dir() else path.unlink()
     if not path.parent.exists():
         raise CannotCreateOutputError(f"{path}: parent directory {path.parent} does not exist")
+    if not os.access(path.parent, os.W_OK):
+        raise CannotCreateOutputError(f"{path}: parent directory {path.parent} is not writable")
 
 
 def _create_array(
