@@ -45,6 +45,16 @@ TINY = {
 }
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny models gain nothing from 2 threads, and on a loaded 2-core machine two spinning
+    OpenMP threads made these tests 8x slower; restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def tiny(**changes) -> TrainConfig:
     return TrainConfig.from_dict({**TINY, **changes})
 

@@ -61,7 +61,8 @@ def test_presets_load_and_round_trip():
     assert paper.val_samples == 8 and paper.val_sampler == "ancestral"
     assert paper.augment.flip and paper.augment.rot90 and paper.augment.blur_p > 0
     small = load_config(CONFIGS / "cpu-small.yaml")
-    assert small.val_sampler in ("ddim", "dpmpp_2m") and small.val_steps <= 20
+    assert small.time_budget_minutes <= 40 and small.unet().base_channels <= 32
+    assert small.patch <= 96 and small.schedule == paper.schedule
     for config in (paper, small):
         assert TrainConfig.from_dict(config.to_dict()) == config
 

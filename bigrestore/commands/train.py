@@ -154,6 +154,8 @@ def command(
                 f"training on {record['device']}, batch {record['batch']}, "
                 f"steps {record['step']}..{record['total_steps']}"
             )
+            if record["val_input_mae"] is not None:
+                bar.write(f"validation MAE of the raw input: {record['val_input_mae']:.4f}")
         elif record["kind"] == "step":
             bar.update(1)
             bar.set_postfix(

@@ -135,6 +135,8 @@ def train(
             config.foreground_bias,
             reader,
         )
+    # Reference: the raw condition scored like a prediction (what "no model" would get).
+    input_mae = float(abs(val_cond - val_target).mean()) if val_cond is not None else None
     if not resume:
         outputs.prepare_output(out_dir, overwrite)
 
@@ -164,6 +166,7 @@ def train(
             "best_step": run.best_step,
             "best_val_mae": run.best_val_mae,
             "val_metric": outputs.val_metric(config, bool(val_sources)),
+            "val_input_mae": input_mae,
             "validation_curve": run.history,
             "wall_seconds": round(run.wall_seconds, 3),
             "torch": torch.__version__,
@@ -241,6 +244,7 @@ def train(
             "total_steps": config.total_steps,
             "device": str(dev),
             "batch": config.batch,
+            "val_input_mae": input_mae,
         }
     )
     dataset = PatchBatches(

@@ -1,4 +1,4 @@
-"""Training augmentations of the paper (Osuna-Vargas et al., Sec. 4): flips, rotations and a
+"""Training augmentations of the paper (Osuna-Vargas et al., WACV 2025): flips, rotations and a
 Gaussian filter of the condition image only.
 
 Pure numpy on one (y, x) float32 pair in model space; all randomness comes from the caller's

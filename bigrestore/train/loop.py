@@ -1,9 +1,9 @@
 """The pieces of one training run: optimiser, step, EMA, validation, metrics log.
 
-The paper's recipe (Osuna-Vargas et al., Sec. 4): AdamW, cosine annealing of the learning
-rate (here per step, to 0 over the whole run), the DDPM loss of Eq. 5 (diffusion) or an L1/L2
-loss of the one-pass prediction (regression baseline), best epoch by validation MAE of the
-sampled prediction. On CUDA the forward runs under bf16 autocast with fp32 master weights.
+The paper's recipe (Osuna-Vargas et al., WACV 2025): AdamW, cosine annealing of the learning
+rate (here per step, to 0 over the whole run), the DDPM noise-prediction loss (diffusion) or
+an L1/L2 loss of the one-pass prediction (regression baseline), best epoch by validation MAE
+of the sampled prediction. On CUDA the forward runs under bf16 autocast with fp32 master weights.
 
 Every random draw of a step (diffusion time t, noise eps, dropout masks) is keyed by
 (seed, step), so a resumed run repeats the uninterrupted one exactly.
@@ -105,17 +105,19 @@ def train_step(
 ) -> float:
     """One optimiser step on a batch (B, 1, P, P) in model space; returns the loss.
 
-    Diffusion: paper Eq. 5, || eps_theta(x, sqrt(ab_t) y0 + sqrt(1 - ab_t) eps, ab_t) - eps ||²
+    Diffusion: the paper's DDPM loss || eps_theta(x, sqrt(ab_t) y0 + sqrt(1 - ab_t) eps, ab_t) - eps ||²
     with t ~ U{1..T}. Regression: mean |f(x) - y0| (l1) or (f(x) - y0)² (l2).
     """
     seed = step_seed(config.seed, step)
     cond, target = cond.to(device, non_blocking=True), target.to(device, non_blocking=True)
-    devices = [device.index or 0] if device.type == "cuda" else []
+    devices = []
+    if device.type == "cuda":
+        devices = [device.index if device.index is not None else torch.cuda.current_device()]
     net.train()
     with torch.random.fork_rng(devices=devices):  # dropout masks keyed by step; RNG restored after
         torch.random.default_generator.manual_seed(seed)
-        if device.type == "cuda":
-            torch.cuda.manual_seed(seed)
+        for index in devices:
+            torch.cuda.default_generators[index].manual_seed(seed)
         with _autocast(device):
             if config.objective == "diffusion":
                 generator = torch.Generator(device=device).manual_seed(seed)
