@@ -41,7 +41,7 @@ CORE_KEYS = ("format", "format_version", "unet", "weights_sha256")
 SPEC_KEYS = ("objective", "schedule", "normalization", "provenance")
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -89,18 +89,25 @@ def _model_dir(path: Path) -> Path:
     )
 
 
-def _write_atomic(target: Path, write: Any) -> None:
-    """Call write(tmp_path) on a temporary file next to `target`, then rename it into place."""
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+def write_atomic(target: Path, write: Any) -> None:
+    """Call ``write(tmp)`` on a temporary file beside ``target``, fsync it, rename it into
+    place and fsync the directory, so ``target`` is either the old or the new complete file."""
+    fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     os.close(fd)
+    tmp = Path(name)
     try:
-        write(Path(tmp))
+        write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, target)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+    dir_fd = os.open(target.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 def save_model(directory: Path, net: ConditionalUNet, spec: dict[str, Any]) -> str:
@@ -134,15 +141,15 @@ def save_model(directory: Path, net: ConditionalUNet, spec: dict[str, Any]) -> s
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in net.state_dict().items()}
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        _write_atomic(
+        write_atomic(
             directory / WEIGHTS_FILE,
             lambda p: save_file(
                 tensors, str(p), metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)}
             ),
         )
-        meta["weights_sha256"] = _sha256_file(directory / WEIGHTS_FILE)
+        meta["weights_sha256"] = sha256_file(directory / WEIGHTS_FILE)
         text = json.dumps(meta, indent=2, allow_nan=False) + "\n"
-        _write_atomic(directory / CONFIG_FILE, lambda p: p.write_text(text, encoding="utf-8"))
+        write_atomic(directory / CONFIG_FILE, lambda p: p.write_text(text, encoding="utf-8"))
     except OSError as e:
         raise CannotCreateOutputError(
             describe(directory, "model", "a writable directory", e)
@@ -211,7 +218,7 @@ def load_model(
     config = UNetConfig.from_dict(meta["unet"])
     weights = directory / WEIGHTS_FILE
     try:
-        digest = _sha256_file(weights)
+        digest = sha256_file(weights)
     except OSError as e:
         raise IncompatibleModelError(describe(weights, "file", "the model weights", e)) from e
     if digest != meta["weights_sha256"]:

@@ -14,12 +14,8 @@ is replaced last and older states are deleted after it. A kill at any moment the
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +23,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from bigrestore.checkpoint import sha256_file, write_atomic
 from bigrestore.errors import CannotCreateOutputError, IncompatibleModelError, describe
 
 log = logging.getLogger(__name__)
@@ -34,35 +31,6 @@ log = logging.getLogger(__name__)
 FORMAT = "bigrestore-train-state"
 FORMAT_VERSION = 1
 LATEST = "latest.json"
-
-
-def write_atomic(target: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` on a temporary file beside ``target``, fsync it, rename it into
-    place and fsync the directory, so ``target`` is either the old or the new complete file."""
-    fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(target.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _split_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -127,7 +95,7 @@ def save_state(
     try:
         directory.mkdir(parents=True, exist_ok=True)
         write_atomic(directory / f"{stem}.safetensors", lambda p: save_file(tensors, str(p)))
-        meta["tensors_sha256"] = _sha256(directory / f"{stem}.safetensors")
+        meta["tensors_sha256"] = sha256_file(directory / f"{stem}.safetensors")
         text = json.dumps(meta, indent=1, allow_nan=True)
         write_atomic(directory / f"{stem}.json", lambda p: p.write_text(text, encoding="utf-8"))
         pointer = json.dumps({"state": f"{stem}.json"})
@@ -169,7 +137,7 @@ def read_record(directory: Path) -> dict[str, Any]:
         )
     tensors = directory / meta["tensors"]
     try:
-        digest = _sha256(tensors)
+        digest = sha256_file(tensors)
     except OSError as err:
         raise IncompatibleModelError(
             describe(tensors, "file", "the checkpoint tensors", err)
