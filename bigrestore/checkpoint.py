@@ -143,9 +143,9 @@ def save_model(directory: Path, net: ConditionalUNet, spec: dict[str, Any]) -> s
         directory.mkdir(parents=True, exist_ok=True)
         write_atomic(
             directory / WEIGHTS_FILE,
-            lambda p: save_file(
-                tensors, str(p), metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)}
-            ),
+            # One metadata key only: safetensors writes its metadata map in hash order,
+            # so two keys would make the file bytes (and the model hash) vary per save.
+            lambda p: save_file(tensors, str(p), metadata={"format": f"{FORMAT}/{FORMAT_VERSION}"}),
         )
         meta["weights_sha256"] = sha256_file(directory / WEIGHTS_FILE)
         text = json.dumps(meta, indent=2, allow_nan=False) + "\n"

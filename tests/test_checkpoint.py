@@ -233,3 +233,10 @@ def test_scanner_detects_unsafe_load() -> None:
     calls = _torch_load_calls(unsafe)
     assert len(calls) == 2
     assert [any(k.arg == "weights_only" for k in c.keywords) for c in calls] == [False, True]
+
+
+def test_repeated_saves_give_identical_files(tmp_path: Path) -> None:
+    """The weights file's bytes must not depend on the save (the model hash is built on them)."""
+    net = make_net(0)
+    hashes = {save_model(tmp_path / f"m{i}", net, SPEC) for i in range(12)}
+    assert len(hashes) == 1
