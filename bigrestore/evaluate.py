@@ -1,25 +1,18 @@
 """``bigrestore evaluate``: score restorations against a ground truth (GT), beside baselines.
 
-Every YX plane of the inputs (leading t/c/z axes flattened in storage order) is one image; it
-is cut into non-overlapping ``patch``² squares (the paper reports medians over 256² test
-patches) scored with :func:`bigrestore.metrics.evaluate_pair`, and each method is summarised
-by the median and mean over all patches. The decorrelation resolution (Descloux et al. 2019)
-uses the GT's x pixel size and unit; ``resolution_ratio`` = resolution(pred) / resolution(GT).
-
-Intensity handling (the 8-bit W2S release was contrast-stretched per image, so a low/high
-pair shares no intensity scale; the paper's FMD convention is plain 8-bit, L = 255):
-
-- ``percentile``: every plane of every image, predictions and GT separately, is mapped so
-  that its 0.1 and 99.9 percentiles become 0 and 1 (CARE / CSBDeep); metrics use L = 1.
-- ``linear-fit``: the GT as in ``percentile``; each prediction plane is mapped onto it by the
-  least-squares a·pred + b (the CARE paper's evaluation); L = 1. Gain and offset cost nothing.
-- ``none``: raw values; L = ``data_range`` or the GT dtype's maximum (255 for uint8).
+Inputs are read as YX planes and put on one intensity scale (``percentile``, ``linear-fit``
+or ``none``) by :mod:`bigrestore.eval_inputs`. Every plane is cut into non-overlapping
+``patch``² squares (the paper reports medians over 256² test patches) scored with
+:func:`bigrestore.metrics.evaluate_pair`, and each method is summarised by the median and mean
+over all patches. The decorrelation resolution (Descloux et al. 2019) uses the GT's x pixel
+size and unit; ``resolution_ratio`` = resolution(pred) / resolution(GT).
 
 Baselines: the raw input, and a Gaussian filter of it whose sigma maximises the mean PSNR on
 data that is not scored: ``val_for_sigma`` (``--tune-on RAW_VAL GT_VAL``) or, without it, the
 first planes of the evaluation set, which are then held out from scoring for every method.
-LPIPS needs torchvision's AlexNet and the LPIPS weights, neither a dependency: it is
-reported as not computed, never as 0.
+N individual samples (``--samples``) give the samples curve: the metrics of the mean of the
+first k samples, k = 1..N (the paper's Fig. S1). LPIPS needs torchvision's AlexNet and the
+LPIPS weights, neither a dependency: it is reported as not computed, never as 0.
 """
 
 from __future__ import annotations
@@ -28,27 +21,33 @@ import csv
 import json
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import dask.array as da
 import numpy as np
-import tifffile
 from scipy import ndimage
 
 from bigrestore import __version__
 from bigrestore.decorrelation import decorrelation_resolution
-from bigrestore.errors import BadInputError, MissingInputError, UsageError, describe
-from bigrestore.io.convert import read_tiff
-from bigrestore.io.ome import ImageMeta, open_image
-from bigrestore.metrics import evaluate_pair, fit_linear, normalize_percentile, psnr, summarize
+from bigrestore.errors import BadInputError, UsageError, describe
+from bigrestore.eval_inputs import (
+    PlaneStack,
+    check_match,
+    intensity_note,
+    load_stack,
+    normalize_gt,
+    normalize_pred,
+    open_inputs,
+    open_samples,
+)
+from bigrestore.figures import region_figure
+from bigrestore.metrics import evaluate_pair, psnr, summarize
+from bigrestore.report import prepare_report_dir, read_training_log, write_report
 
 log = logging.getLogger(__name__)
 
-NORMALIZE = ("percentile", "linear-fit", "none")
-P_LOW, P_HIGH = 0.1, 99.9
 SIGMA_GRID = tuple(float(s) for s in np.arange(0.5, 4.01, 0.25))
 """Gaussian sigmas (pixels) searched for the filter baseline."""
 MAX_TUNE_PLANES = 8
@@ -60,148 +59,6 @@ LPIPS_STATUS = (
     "not computed: LPIPS needs torchvision's AlexNet and the LPIPS weights "
     "(neither is a bigrestore dependency)"
 )
-RESERVED = ("raw", "gaussian", "gt")
-_UNIT_SYMBOLS = {"micrometer": "µm", "nanometer": "nm", "millimeter": "mm"}
-
-
-@dataclass(frozen=True)
-class PlaneStack:
-    """An image seen as YX planes: ``data`` is lazy with axes ``axes`` (YX last).
-
-    Plane i is ``data[np.unravel_index(i, lead)]``; ``labels[i]`` names it (e.g. "t=3 c=1").
-    ``pixel_size`` (x axis) is in ``unit`` ("px" when the image has no physical scale).
-    """
-
-    path: Path
-    data: da.Array
-    axes: str
-    labels: tuple[str, ...]
-    pixel_size: float
-    unit: str
-
-    @property
-    def lead(self) -> tuple[int, ...]:
-        return tuple(self.data.shape[:-2])
-
-    @property
-    def yx(self) -> tuple[int, int]:
-        return int(self.data.shape[-2]), int(self.data.shape[-1])
-
-    @property
-    def n(self) -> int:
-        return len(self.labels)
-
-    def plane(self, index: int) -> np.ndarray:
-        """Plane ``index`` as float64 (y, x) in the stored intensity scale."""
-        return np.asarray(self.data[np.unravel_index(index, self.lead)], dtype=np.float64)
-
-
-def _open_any(path: Path) -> tuple[da.Array, ImageMeta]:
-    """OME-Zarr via bigrestore.io.ome; TIFF via io.convert (unknown axes read as yx, tyx, tcyx, tczyx)."""
-    if path.suffix.lower() not in (".tif", ".tiff"):
-        image = open_image(path)
-        return image.data, image.meta
-    try:
-        return read_tiff(path)
-    except BadInputError as error:
-        try:
-            with tifffile.TiffFile(path) as tif:
-                ndim = len(tif.series[0].shape)
-        except Exception:
-            raise error from None
-        if not 2 <= ndim <= 5:
-            raise
-        return read_tiff(path, axes={2: "yx", 3: "tyx", 4: "tcyx", 5: "tczyx"}[ndim])
-
-
-def load_stack(path: str | Path, channel: int | str | None = None) -> PlaneStack:
-    """Open an OME-Zarr image or TIFF as planes; ``channel`` (index or name) picks one of c."""
-    path = Path(path)
-    if not path.exists():
-        raise MissingInputError(f"{path}: no such file or directory")
-    data, meta = _open_any(path)
-    axes = meta.axes
-    if channel is not None and "c" in axes:
-        names = list(meta.channel_names or [])
-        n_c = data.shape[axes.index("c")]
-        index = names.index(channel) if channel in names else channel
-        if isinstance(index, str) and index.isdigit():
-            index = int(index)
-        if not isinstance(index, int) or not 0 <= index < n_c:
-            raise BadInputError(
-                describe(path, "channel", f"0..{n_c - 1} or one of {names}", channel)
-            )
-        data = data[(slice(None),) * axes.index("c") + (index,)]
-        axes = axes.replace("c", "")
-    ix = meta.axes.index("x")
-    unit = meta.units[ix]
-    if meta.pixel_size("y") != meta.pixel_size("x"):
-        log.warning("%s: y and x pixel sizes differ; resolution uses x", path)
-    labels = tuple(
-        " ".join(f"{a}={i}" for a, i in zip(axes[:-2], idx, strict=True)) or "yx"
-        for idx in np.ndindex(*data.shape[:-2])
-    )
-    unit_label = (
-        _UNIT_SYMBOLS.get(unit, unit) if unit else ("px" if meta.scale[ix] == 1 else "a.u.")
-    )
-    return PlaneStack(path, data, axes, labels, float(meta.scale[ix]), unit_label)
-
-
-def check_match(gt: PlaneStack, other: PlaneStack) -> None:
-    """Refuse ``other`` unless it has the GT's number of planes and YX size (exit 65)."""
-    if other.n != gt.n or other.yx != gt.yx:
-        expected = f"{gt.n} planes of {gt.yx[0]}x{gt.yx[1]} like the GT {gt.path}"
-        found = f"{other.n} planes of {other.yx[0]}x{other.yx[1]} (shape {other.data.shape})"
-        raise BadInputError(describe(other.path, "shape", expected, found))
-
-
-def resolve_data_range(mode: str, gt_dtype: np.dtype, data_range: float | None) -> float:
-    """L of PSNR/SSIM: 1 after normalisation; else ``data_range`` or the GT dtype's maximum."""
-    if mode not in NORMALIZE:
-        raise UsageError(describe("--normalize", "mode", " | ".join(NORMALIZE), mode))
-    if data_range is not None:
-        if mode != "none":
-            raise UsageError(f"--data-range applies to --normalize none only ({mode} uses L = 1)")
-        if not (math.isfinite(data_range) and data_range > 0):
-            raise UsageError(describe("--data-range", "L", "> 0", data_range))
-        return float(data_range)
-    if mode != "none":
-        return 1.0
-    if np.issubdtype(gt_dtype, np.integer):
-        return float(np.iinfo(gt_dtype).max)
-    raise UsageError(f"--normalize none with a {gt_dtype} GT needs --data-range L")
-
-
-def intensity_note(mode: str, data_range: float) -> str:
-    """One sentence saying how intensities were put on one scale (for tables and the report)."""
-    if mode == "percentile":
-        return (
-            f"percentile: each plane of each image (predictions and GT separately) mapped so "
-            f"that its {P_LOW} and {P_HIGH} percentiles become 0 and 1 (CARE); data range L = 1."
-        )
-    if mode == "linear-fit":
-        return (
-            f"linear-fit: GT planes percentile-normalised ({P_LOW}/{P_HIGH} -> 0/1); each "
-            "prediction plane mapped onto the GT by least-squares a*pred + b; data range L = 1."
-        )
-    return f"none: raw intensities compared as stored; data range L = {data_range:g}."
-
-
-def normalize_gt(gt: np.ndarray, mode: str) -> np.ndarray:
-    """A GT plane in the compared scale (float64 (y, x))."""
-    if mode == "none":
-        return np.asarray(gt, dtype=np.float64)
-    return normalize_percentile(gt, P_LOW, P_HIGH, np.float64)
-
-
-def normalize_pred(pred: np.ndarray, gt_compared: np.ndarray, mode: str) -> np.ndarray:
-    """A prediction plane in the compared scale, given the GT plane already in it."""
-    if mode == "percentile":
-        return normalize_percentile(pred, P_LOW, P_HIGH, np.float64)
-    if mode == "linear-fit":
-        a, b = fit_linear(pred, gt_compared)
-        return a * np.asarray(pred, dtype=np.float64) + b
-    return np.asarray(pred, dtype=np.float64)
 
 
 def gaussian_denoise(raw: np.ndarray, sigma: float) -> np.ndarray:
@@ -230,6 +87,11 @@ def tune_sigma(
     return max(mean, key=lambda s: mean[s]), mean
 
 
+def _window(row: dict[str, Any]) -> tuple[slice, slice]:
+    """The (y, x) slices of the patch an evaluate_pair row scores."""
+    return slice(row["y"], row["y"] + row["height"]), slice(row["x"], row["x"] + row["width"])
+
+
 def _resolution(image: np.ndarray, pixel_size: float) -> tuple[float, bool]:
     """Decorrelation resolution, NaN for an image it cannot measure (e.g. constant)."""
     try:
@@ -252,11 +114,11 @@ def score_plane(
     """evaluate_pair rows plus decorrelation resolution; GT resolutions cached per patch."""
     rows = evaluate_pair(pred, gt, data_range, None, patch)
     for row in rows:
-        y, x, h, w = row["y"], row["x"], row["height"], row["width"]
-        if (y, x) not in gt_resolution:
-            gt_resolution[y, x] = _resolution(gt[y : y + h, x : x + w], pixel_size)
-        rp, found_p = _resolution(pred[y : y + h, x : x + w], pixel_size)
-        rg, found_g = gt_resolution[y, x]
+        window, key = _window(row), (row["y"], row["x"])
+        if key not in gt_resolution:
+            gt_resolution[key] = _resolution(gt[window], pixel_size)
+        rp, found_p = _resolution(pred[window], pixel_size)
+        rg, found_g = gt_resolution[key]
         row.update(
             resolution_pred=rp,
             resolution_gt=rg,
@@ -266,6 +128,45 @@ def score_plane(
             unit=unit,
         )
     return rows
+
+
+def samples_curve(
+    path: str | Path,
+    gt: PlaneStack,
+    planes: Sequence[int],
+    mode: str,
+    data_range: float,
+    patch: int | None,
+    channel: int | str | None = None,
+) -> dict[str, Any]:
+    """Metrics of the mean of the first k samples, k = 1..N (the paper's Fig. S1).
+
+    ``path``: N samples in a layout of :func:`bigrestore.eval_inputs.open_samples`. Returns
+    {"path", "n_samples", "k": [1..N], "median": {metric: [..]}, "mean": {metric: [..]}} over
+    patches of ``planes``; metrics as evaluate_pair plus "mse" (compared scale), no resolution.
+    """
+    n, get = open_samples(path, gt, channel)
+    per_k: list[list[dict[str, Any]]] = [[] for _ in range(n)]
+    for i in planes:
+        g = normalize_gt(gt.plane(i), mode)
+        total = np.zeros(gt.yx)
+        for s in range(n):
+            total += get(s, i)
+            p = normalize_pred(total / (s + 1), g, mode)
+            rows = evaluate_pair(p, g, data_range, None, patch)
+            for row in rows:
+                window = _window(row)
+                row["mse"] = float(np.mean((p[window] - g[window]) ** 2))
+            per_k[s] += rows
+    summaries = [summarize(rows) for rows in per_k]
+    names = list(summaries[0])
+    return {
+        "path": str(path),
+        "n_samples": n,
+        "k": list(range(1, n + 1)),
+        "median": {m: [s[m]["median"] for s in summaries] for m in names},
+        "mean": {m: [s[m]["mean"] for s in summaries] for m in names},
+    }
 
 
 def badness(metric: str, value: float) -> float:
@@ -344,86 +245,6 @@ class EvaluationResult:
             writer.writerows(self.rows)
 
 
-def default_names(preds: Sequence[str | Path]) -> list[str]:
-    """Method names from file names ("ddpm.zarr/mean" -> "ddpm/mean"), made distinct."""
-    names = []
-    for i, p in enumerate(preds):
-        path = Path(p)
-        name = path.name.split(".")[0]
-        if name in ("mean", "0") or name.isdigit():
-            name = f"{path.parent.name.split('.')[0]}/{name}"
-        if name in RESERVED or name in names:
-            name = f"pred{i + 1}-{name}"
-        names.append(name)
-    return names
-
-
-def _sample_getter(path: Path, gt: PlaneStack, channel: int | str | None) -> tuple[int, Callable]:
-    """N and get(s, i) -> plane i of sample s, for the two accepted layouts of N samples.
-
-    (a) a directory of N images (*.zarr or *.tif[f], sorted by name), each like the GT;
-    (b) one image holding N copies of the GT's planes, sample-major: e.g. a tcyx image with
-        t indexing the samples when the GT is cyx (planes = N x the GT's planes).
-    """
-    if not path.exists():
-        raise MissingInputError(f"{path}: no such file or directory")
-    if path.is_dir() and not any((path / f).exists() for f in ("zarr.json", ".zattrs", ".zgroup")):
-        members = sorted(
-            p for p in path.iterdir() if p.suffix.lower() in (".zarr", ".tif", ".tiff")
-        )
-        stacks = [load_stack(p, channel) for p in members]
-        if not stacks:
-            raise BadInputError(describe(path, "samples", "*.zarr or *.tif images", "none"))
-        for stack in stacks:
-            check_match(gt, stack)
-        return len(stacks), lambda s, i: stacks[s].plane(i)
-    stack = load_stack(path, channel)
-    if stack.yx != gt.yx or stack.n % gt.n or stack.n < gt.n:
-        expected = f"N x {gt.n} planes of {gt.yx} (N samples of the GT's planes, sample-major)"
-        raise BadInputError(describe(path, "shape", expected, f"{stack.n} planes of {stack.yx}"))
-    return stack.n // gt.n, lambda s, i: stack.plane(s * gt.n + i)
-
-
-def samples_curve(
-    path: str | Path,
-    gt: PlaneStack,
-    planes: Sequence[int],
-    mode: str,
-    data_range: float,
-    patch: int | None,
-    channel: int | str | None = None,
-) -> dict[str, Any]:
-    """Metrics of the mean of the first k samples, k = 1..N (the paper's Fig. S1).
-
-    Returns {"k": [1..N], "median": {metric: [..]}, "mean": {metric: [..]}} over patches of
-    ``planes``; metrics as evaluate_pair plus "mse" (compared scale), no resolution.
-    """
-    n, get = _sample_getter(Path(path), gt, channel)
-    per_k: list[list[dict[str, Any]]] = [[] for _ in range(n)]
-    for i in planes:
-        g = normalize_gt(gt.plane(i), mode)
-        total = np.zeros(gt.yx)
-        for s in range(n):
-            total += get(s, i)
-            p = normalize_pred(total / (s + 1), g, mode)
-            rows = evaluate_pair(p, g, data_range, None, patch)
-            for row in rows:
-                y, x, h, w = row["y"], row["x"], row["height"], row["width"]
-                row["mse"] = float(
-                    np.mean((p[y : y + h, x : x + w] - g[y : y + h, x : x + w]) ** 2)
-                )
-            per_k[s] += rows
-    summaries = [summarize(rows) for rows in per_k]
-    names = list(summaries[0])
-    return {
-        "path": str(path),
-        "n_samples": n,
-        "k": list(range(1, n + 1)),
-        "median": {m: [s[m]["median"] for s in summaries] for m in names},
-        "mean": {m: [s[m]["mean"] for s in summaries] for m in names},
-    }
-
-
 def _regions(
     regions: Sequence[tuple[int, int, int, int]] | None, scored: list[int], yx: tuple[int, int]
 ) -> list[tuple[int, int, int, int]]:
@@ -433,14 +254,8 @@ def _regions(
         y0, x0 = (yx[0] - size) // 2, (yx[1] - size) // 2
         return [(i, y0, x0, size) for i in spread(scored, 3)]
     for plane, y, x, size in regions:
-        if (
-            plane not in scored
-            or size < 16
-            or y < 0
-            or x < 0
-            or y + size > yx[0]
-            or x + size > yx[1]
-        ):
+        inside = 0 <= y and 0 <= x and y + size <= yx[0] and x + size <= yx[1]
+        if plane not in scored or size < 16 or not inside:
             found = (plane, y, x, size)
             raise UsageError(
                 describe("--region", "PLANE,Y,X,SIZE", "a scored plane, inside", found)
@@ -459,12 +274,9 @@ def _tuning(
 ) -> tuple[dict[str, Any] | None, list[int]]:
     """Tune the Gaussian sigma; return its settings and the planes left to score."""
     if val_for_sigma is not None:
-        raw_val, gt_val = (
-            load_stack(val_for_sigma[0], channel),
-            load_stack(val_for_sigma[1], channel),
-        )
+        raw_val, gt_val = (load_stack(p, channel) for p in val_for_sigma)
         check_match(gt_val, raw_val)
-        tune_planes, source, scored = spread(list(range(gt_val.n)), MAX_TUNE_PLANES), "", selected
+        tune_planes, scored = spread(list(range(gt_val.n)), MAX_TUNE_PLANES), selected
         source = f"{len(tune_planes)} planes of {raw_val.path} vs {gt_val.path} (not scored)"
     elif len(selected) >= 2:
         k = min(MAX_HELD_OUT, max(1, len(selected) // 5))
@@ -501,7 +313,9 @@ def evaluate(
     """Score ``preds`` (and the raw / Gaussian baselines) against ``gt``; see the module doc.
 
     planes: indices into the GT's flattened planes (default all). patch: side in pixels, None
-    for whole planes. regions: (plane, y, x, size) crops shown in the report. Inputs are
+    for whole planes. samples: N individual samples (a directory of N images, e.g. the
+    OUT.zarr/samples of ``bigrestore run --save-samples``, or one sample-major image) for the
+    samples curve. regions: (plane, y, x, size) crops shown in the report. Inputs are
     checked (exit 66 missing, 65 mismatched) before anything is computed or written.
     """
     if lpips_weights is not None:
@@ -509,30 +323,21 @@ def evaluate(
             f"--lpips-weights {lpips_weights}: LPIPS is not supported here; it needs "
             "torchvision's AlexNet, not a bigrestore dependency. Run without it."
         )
-    names = list(names) if names is not None else default_names(preds)
-    if len(names) != len(preds) or len(set(names)) != len(names) or set(names) & set(RESERVED):
-        raise UsageError(
-            describe("--names", "names", f"{len(preds)} distinct, not {RESERVED}", names)
-        )
-    if not preds and raw is None:
-        raise UsageError("nothing to evaluate: give a prediction or --raw")
-    truth = load_stack(gt, channel)
-    stacks = {name: load_stack(p, channel) for name, p in zip(names, preds, strict=True)}
-    raw_stack = load_stack(raw, channel) if raw is not None else None
-    maps = {k: load_stack(p, channel) for k, p in (("std", std), ("entropy", entropy)) if p}
-    for stack in [*stacks.values(), *maps.values()] + ([raw_stack] if raw_stack else []):
-        check_match(truth, stack)
-    L = resolve_data_range(normalize, np.dtype(truth.data.dtype), data_range)
-    selected = list(range(truth.n)) if planes is None else [int(i) for i in planes]
-    if not selected or any(not 0 <= i < truth.n for i in selected):
-        raise UsageError(describe("--planes", "indices", f"within 0..{truth.n - 1}", selected))
-    if patch is not None and not 11 <= patch <= min(truth.yx):
-        found = f"{patch} for {truth.yx[0]}x{truth.yx[1]} planes"
-        raise UsageError(
-            describe("--patch", "side", f"11..{min(truth.yx)}, or 0 (whole planes)", found)
-        )
-    if samples is not None:
-        _sample_getter(Path(samples), truth, channel)  # refuse a bad layout before computing
+    inputs = open_inputs(
+        preds,
+        gt,
+        names=names,
+        raw=raw,
+        normalize=normalize,
+        data_range=data_range,
+        patch=patch,
+        channel=channel,
+        planes=planes,
+        maps={"std": std, "entropy": entropy},
+        samples=samples,
+    )
+    truth, stacks, raw_stack, maps = inputs.truth, inputs.preds, inputs.raw, inputs.maps
+    L, selected = inputs.data_range, inputs.planes
     notes: list[str] = []
     gaussian, scored = None, selected
     if gaussian_baseline and raw_stack is not None:
@@ -544,22 +349,17 @@ def evaluate(
     crops = _regions(regions, scored, truth.yx)
     training = None
     if model_dir is not None:
-        from bigrestore.report import read_training_log
-
         training = read_training_log(model_dir)
         if training is None:
             notes.append(f"no metrics.csv in {model_dir}: no training curves")
     if report_dir is not None:
-        from bigrestore.report import prepare_report_dir
-
         prepare_report_dir(Path(report_dir), overwrite)
 
-    methods = (["raw"] if raw_stack else []) + (["gaussian"] if gaussian else []) + names
+    methods = (["raw"] if raw_stack else []) + (["gaussian"] if gaussian else []) + list(stacks)
     rows: list[dict[str, Any]] = []
     figures = []
     for i in scored:
-        g_stored = truth.plane(i)
-        g = normalize_gt(g_stored, normalize)
+        g = normalize_gt(truth.plane(i), normalize)
         candidates: dict[str, np.ndarray] = {}
         if raw_stack is not None:
             candidates["raw"] = raw_stack.plane(i)
@@ -574,9 +374,9 @@ def evaluate(
                 compared[name], g, L, patch, truth.pixel_size, truth.unit, cache
             ):
                 rows.append({"method": name, "plane": i, "label": truth.labels[i], **row})
-        for plane, y, x, size in crops:
-            if plane == i:
-                figures.append(_figure(i, truth.labels[i], y, x, size, compared, g, maps))
+        for crop in (c for c in crops if c[0] == i and report_dir is not None):
+            extra = {k: stack.plane(i) for k, stack in maps.items()}
+            figures.append(region_figure(i, truth.labels[i], crop, compared, g, extra))
     summary = {
         m: summarize(
             [{k: v for k, v in r.items() if k != "plane"} for r in rows if r["method"] == m]
@@ -605,30 +405,5 @@ def evaluate(
     if samples is not None:
         result.samples_curve = samples_curve(samples, truth, scored, normalize, L, patch, channel)
     if report_dir is not None:
-        from bigrestore.report import write_report
-
         result.report = write_report(Path(report_dir), result.to_dict(), figures)
     return result
-
-
-def _figure(
-    plane: int,
-    label: str,
-    y: int,
-    x: int,
-    size: int,
-    compared: dict[str, np.ndarray],
-    gt: np.ndarray,
-    maps: dict[str, PlaneStack],
-) -> Any:
-    """The report's view of one crop: every image in the compared scale, GT last."""
-    from bigrestore.report import RegionFigure
-
-    window = (slice(y, y + size), slice(x, x + size))
-    images = {name: values[window] for name, values in compared.items()}
-    images["gt"] = gt[window]
-    extra = {k: stack.plane(plane)[window] for k, stack in maps.items()}
-    title = f"plane {plane} ({label}), y {y}-{y + size}, x {x}-{x + size}"
-    return RegionFigure(
-        title, images, "gt", size // 2, y, x, extra.get("std"), extra.get("entropy")
-    )

@@ -1,14 +1,9 @@
 """The HTML report of ``bigrestore evaluate``: index.html plus PNGs, readable at a glance.
 
-bigrestore has no plotting dependency (no matplotlib, no Pillow): a figure library would be a
-large install for a handful of pictures. So images are written by a minimal PNG encoder
-(zlib + struct: 8-bit RGB, filter 0), colour maps are small anchor tables interpolated in
-numpy, and curves (line profiles, training curves, the samples curve) are inline SVG that any
-browser draws. The page is static: no scripts, no network.
-
-Colour maps: grey for intensities; a diverging blue-white-red map for pred - GT (blue: under,
-red: over, white at 0, symmetric range, as in the paper's Fig. 1D); an inferno-like
-perceptual map (black-purple-orange-yellow) for the std and entropy uncertainty maps.
+The page shows the metric table (best median per metric starred), the settings, one section
+per region (intensities, pred - GT difference maps, a line profile, the std / entropy
+uncertainty maps), the samples curve (the paper's Fig. S1) and the training curves. Pictures
+come from :mod:`bigrestore.figures`; the page is static: no scripts, no network.
 """
 
 from __future__ import annotations
@@ -16,40 +11,14 @@ from __future__ import annotations
 import csv
 import html
 import math
-import re
 import shutil
-import struct
-import zlib
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from bigrestore.errors import BadInputError, CannotCreateOutputError, MissingInputError, describe
+from bigrestore.figures import RegionFigure, fmt_number, html_row, line_chart, region_html
 
-GREY = ((0, 0, 0), (255, 255, 255))
-DIVERGING = (
-    (33, 102, 172),
-    (103, 169, 207),
-    (209, 229, 240),
-    (255, 255, 255),
-    (253, 219, 199),
-    (239, 138, 98),
-    (178, 24, 43),
-)
-INFERNO_LIKE = (
-    (0, 0, 4),
-    (40, 11, 84),
-    (101, 21, 110),
-    (159, 42, 99),
-    (212, 72, 66),
-    (245, 125, 21),
-    (250, 193, 39),
-    (252, 255, 164),
-)
-PALETTE = ("#0072b2", "#d55e00", "#009e73", "#cc79a7", "#e69f00", "#56b4e9", "#7f3c8d", "#999933")
 _ARROWS = {
     "psnr": "↑",
     "pearson": "↑",
@@ -59,144 +28,19 @@ _ARROWS = {
     "nrmse": "↓",
     "resolution_ratio": "→1",
 }
-
-
-# ----------------------------------------------------------------------------- pixels
-
-
-def colorize(
-    values: np.ndarray, lo: float, hi: float, anchors: Sequence[tuple[int, int, int]]
-) -> np.ndarray:
-    """Map float (y, x) values linearly from [lo, hi] (clipped) onto ``anchors``: uint8 (y, x, 3)."""
-    t = np.clip((np.asarray(values, dtype=np.float64) - lo) / (hi - lo if hi > lo else 1.0), 0, 1)
-    t = np.nan_to_num(t, nan=0.0)
-    stops = np.linspace(0.0, 1.0, len(anchors))
-    table = np.asarray(anchors, dtype=np.float64)
-    rgb = [np.interp(t, stops, table[:, k]) for k in range(3)]
-    return np.stack(rgb, axis=-1).round().astype(np.uint8)
-
-
-def png_bytes(rgb: np.ndarray) -> bytes:
-    """Encode uint8 (y, x, 3) as a PNG: signature, IHDR, one zlib IDAT (filter 0 rows), IEND."""
-    rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
-    if rgb.ndim != 3 or rgb.shape[2] != 3:
-        raise BadInputError(describe("png", "shape", "(y, x, 3) uint8", rgb.shape))
-    h, w = rgb.shape[:2]
-    rows = np.concatenate([np.zeros((h, 1), np.uint8), rgb.reshape(h, 3 * w)], axis=1)
-
-    def chunk(tag: bytes, data: bytes) -> bytes:
-        crc = zlib.crc32(tag + data) & 0xFFFFFFFF
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", crc)
-
-    header = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)  # 8 bit, truecolour, no interlace
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(rows.tobytes(), 6))
-        + chunk(b"IEND", b"")
-    )
-
-
-def _gradient(anchors: Sequence[tuple[int, int, int]]) -> str:
-    """CSS linear-gradient of a colour map, for colour bars."""
-    stops = [f"rgb{tuple(a)} {100 * i / (len(anchors) - 1):.0f}%" for i, a in enumerate(anchors)]
-    return "linear-gradient(to right, " + ", ".join(stops) + ")"
-
-
-# ----------------------------------------------------------------------------- SVG charts
-
-
-def _fmt(v: float) -> str:
-    return f"{v:.4g}" if math.isfinite(v) else "–"
-
-
-def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
-    """About ``n`` round tick values (1, 2, 5 x 10^k steps); the first <= lo, the last >= hi."""
-    if not hi > lo:
-        lo, hi = lo - 0.5, hi + 0.5
-    raw = (hi - lo) / n
-    mag = 10 ** math.floor(math.log10(raw))
-    step = next(m * mag for m in (1, 2, 5, 10) if m * mag >= raw)
-    first = math.floor(lo / step + 1e-9)
-    last = math.ceil(hi / step - 1e-9)
-    return [k * step for k in range(first, last + 1)]
-
-
-def line_chart(
-    series: Sequence[tuple[str, Sequence[float], Sequence[float]]],
-    title: str,
-    xlabel: str,
-    ylabel: str,
-    width: int = 540,
-    height: int = 270,
-    colors: Sequence[str] | None = None,
-) -> str:
-    """An inline SVG line chart; ``series`` = (label, xs, ys); non-finite points are dropped."""
-    colors = colors or PALETTE
-    clean = [
-        (
-            label,
-            [
-                (float(x), float(y))
-                for x, y in zip(xs, ys, strict=True)
-                if math.isfinite(float(x)) and math.isfinite(float(y))
-            ],
-        )
-        for label, xs, ys in series
-    ]
-    points = [p for _, pts in clean for p in pts]
-    left, right, top, bottom = 64, 150, 30, 44
-    out = [
-        f'<svg class="chart" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-        f'viewBox="0 0 {width} {height}" role="img"><title>{html.escape(title)}</title>',
-        f'<rect width="{width}" height="{height}" fill="#fff"/>',
-        f'<text x="{left}" y="18" class="ct">{html.escape(title)}</text>',
-    ]
-    if not points:
-        out.append(f'<text x="{left}" y="{height // 2}">no finite values</text></svg>')
-        return "".join(out)
-    xt = _ticks(min(p[0] for p in points), max(p[0] for p in points))
-    yt = _ticks(min(p[1] for p in points), max(p[1] for p in points))
-    x0, x1, y0, y1 = min(xt), max(xt), min(yt), max(yt)
-    pw, ph = width - left - right, height - top - bottom
-
-    def sx(v: float) -> float:
-        return left + (v - x0) / ((x1 - x0) or 1) * pw
-
-    def sy(v: float) -> float:
-        return top + ph - (v - y0) / ((y1 - y0) or 1) * ph
-
-    for t in yt:
-        out.append(
-            f'<line x1="{left}" x2="{left + pw}" y1="{sy(t):.1f}" y2="{sy(t):.1f}" class="grid"/>'
-            f'<text x="{left - 6}" y="{sy(t) + 4:.1f}" text-anchor="end">{_fmt(t)}</text>'
-        )
-    for t in xt:
-        out.append(
-            f'<text x="{sx(t):.1f}" y="{top + ph + 16}" text-anchor="middle">{_fmt(t)}</text>'
-        )
-    out.append(
-        f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" class="axis"/>'
-        f'<text x="{left + pw / 2:.0f}" y="{height - 8}" text-anchor="middle">{html.escape(xlabel)}</text>'
-        f'<text transform="translate(14 {top + ph / 2:.0f}) rotate(-90)" text-anchor="middle">'
-        f"{html.escape(ylabel)}</text>"
-    )
-    for k, (label, pts) in enumerate(clean):
-        color = colors[k % len(colors)]
-        path = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in pts)
-        out.append(f'<polyline points="{path}" fill="none" stroke="{color}" stroke-width="1.8"/>')
-        if len(pts) <= 40:
-            out += [
-                f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="2.5" fill="{color}"/>'
-                for x, y in pts
-            ]
-        ly = top + 10 + 18 * k
-        out.append(
-            f'<line x1="{left + pw + 12}" x2="{left + pw + 32}" y1="{ly}" y2="{ly}" '
-            f'stroke="{color}" stroke-width="3"/><text x="{left + pw + 38}" y="{ly + 4}">'
-            f"{html.escape(label[:16])}</text>"
-        )
-    return "".join(out) + "</svg>"
+_METRIC_ORDER = (
+    "mae",
+    "psnr",
+    "nrmse",
+    "pearson",
+    "ssim",
+    "ms_ssim",
+    "resolution_pred",
+    "resolution_gt",
+    "resolution_ratio",
+)
+_SAMPLES_CURVE_METRICS = ("psnr", "mse", "ssim")
+_MAX_TRAINING_CHARTS = 12
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -241,24 +85,6 @@ def read_training_log(model_dir: str | Path) -> dict[str, Any] | None:
         if points:
             series[column] = points
     return {"path": str(path), "x": x_name or "row", "series": series}
-
-
-@dataclass(frozen=True)
-class RegionFigure:
-    """One crop of one plane: ``images`` float (y, x) in the compared scale, GT included.
-
-    ``reference`` names the GT in ``images``; ``profile_row`` is the crop row of the line
-    profile; (y0, x0) the crop's origin in the plane; std/entropy crops as stored, or None.
-    """
-
-    title: str
-    images: dict[str, np.ndarray]
-    reference: str
-    profile_row: int
-    y0: int
-    x0: int
-    std: np.ndarray | None = None
-    entropy: np.ndarray | None = None
 
 
 def prepare_report_dir(directory: Path, overwrite: bool) -> None:
@@ -306,127 +132,6 @@ figcaption{font-size:12px;text-align:center;margin-top:4px}
 svg.chart{background:#fff;border:1px solid #ddd} svg text{font-size:11px;fill:#333}
 svg .ct{font-size:13px;font-weight:600} svg .grid{stroke:#eee} svg .axis{fill:none;stroke:#999}
 """
-_METRIC_ORDER = (
-    "mae",
-    "psnr",
-    "nrmse",
-    "pearson",
-    "ssim",
-    "ms_ssim",
-    "resolution_pred",
-    "resolution_gt",
-    "resolution_ratio",
-)
-
-
-def _slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_-]+", "_", name)
-
-
-def _bar(anchors: Sequence[tuple[int, int, int]], lo: float, hi: float, mid: str = "") -> str:
-    return (
-        f'<div class="bar" style="background:{_gradient(anchors)}"></div><div class="barlab">'
-        f"<span>{_fmt(lo)}</span><span>{mid}</span><span>{_fmt(hi)}</span></div>"
-    )
-
-
-def _image(
-    directory: Path,
-    name: str,
-    rgb: np.ndarray,
-    caption: str,
-    row: int | None = None,
-    extra: str = "",
-) -> str:
-    (directory / name).write_bytes(png_bytes(rgb))
-    line = (
-        f'<span class="pline" style="top:{100 * (row + 0.5) / rgb.shape[0]:.2f}%"></span>'
-        if row is not None
-        else ""
-    )
-    return (
-        f'<figure><div class="frame"><img src="{name}" alt="{html.escape(caption)}">{line}</div>'
-        f"<figcaption>{html.escape(caption)}</figcaption>{extra}</figure>"
-    )
-
-
-def _region(k: int, fig: RegionFigure, directory: Path) -> str:
-    ref = fig.images[fig.reference]
-    lo, hi = (float(v) for v in np.percentile(ref, [0.5, 99.5]))
-    hi = hi if hi > lo else lo + 1.0
-    parts = [
-        f"<h3>{html.escape(fig.title)}</h3>",
-        f"<p><small>grey window {_fmt(lo)} – {_fmt(hi)} (GT 0.5–99.5 percentiles, shared by all "
-        f"images); dashed line: the profile row y = {fig.y0 + fig.profile_row}</small></p>",
-    ]
-    parts.append(
-        '<div class="row">'
-        + "".join(
-            _image(
-                directory, f"r{k}_{_slug(n)}.png", colorize(img, lo, hi, GREY), n, fig.profile_row
-            )
-            for n, img in fig.images.items()
-        )
-        + "</div>"
-    )
-    diffs = {n: img - ref for n, img in fig.images.items() if n != fig.reference}
-    if diffs:
-        m = max(float(np.percentile(np.abs(d), 99.5)) for d in diffs.values()) or 1e-12
-        bar = _bar(DIVERGING, -m, m, "0")
-        parts.append(
-            f"<p><small>difference to GT (pred − GT): blue under, red over, white 0, "
-            f"range ±{_fmt(m)}</small></p>"
-        )
-        parts.append(
-            '<div class="row">'
-            + "".join(
-                _image(
-                    directory,
-                    f"r{k}_diff_{_slug(n)}.png",
-                    colorize(d, -m, m, DIVERGING),
-                    f"{n} − {fig.reference}",
-                    extra=bar,
-                )
-                for n, d in diffs.items()
-            )
-            + "</div>"
-        )
-    names = list(fig.images)
-    colors = [
-        ("#000000" if n == fig.reference else PALETTE[j % len(PALETTE)])
-        for j, n in enumerate(names)
-    ]
-    xs = list(range(fig.x0, fig.x0 + ref.shape[1]))
-    profile = [(n, xs, fig.images[n][fig.profile_row].tolist()) for n in names]
-    parts.append(
-        line_chart(
-            profile,
-            f"line profile, y = {fig.y0 + fig.profile_row}",
-            "x (px)",
-            "intensity (compared scale)",
-            width=760,
-            colors=colors,
-        )
-    )
-    maps = [(n, v) for n, v in (("std", fig.std), ("entropy", fig.entropy)) if v is not None]
-    if maps:
-        figures = []
-        for n, v in maps:
-            a, b = float(np.nanmin(v)), float(np.nanmax(v))
-            figures.append(
-                _image(
-                    directory,
-                    f"r{k}_{n}.png",
-                    colorize(v, a, b, INFERNO_LIKE),
-                    f"{n} (as stored)",
-                    extra=_bar(INFERNO_LIKE, a, b),
-                )
-            )
-        parts.append(
-            "<p><small>uncertainty of the samples: pixel std (Eq. 15) and entropy "
-            '(Eq. 16)</small></p><div class="row">' + "".join(figures) + "</div>"
-        )
-    return "\n".join(parts)
 
 
 def _table(result: dict[str, Any]) -> str:
@@ -452,8 +157,8 @@ def _table(result: dict[str, Any]) -> str:
             )
             mark = best.get(m) == method
             cells.append(
-                f"<td{' class=best' if mark else ''}>{'★ ' if mark else ''}{_fmt(med)}"
-                f"<br><small>mean {_fmt(mean)}</small></td>"
+                f"<td{' class=best' if mark else ''}>{'★ ' if mark else ''}{fmt_number(med)}"
+                f"<br><small>mean {fmt_number(mean)}</small></td>"
             )
         cells.append("<td><small>not computed</small></td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
@@ -495,7 +200,13 @@ def _settings(result: dict[str, Any]) -> str:
     )
 
 
+def _chart_section(title: str, note: str, charts: Iterable[str]) -> str:
+    """<h2> ``title``, a small ``note`` (HTML) and the charts side by side."""
+    return f"<h2>{title}</h2><p><small>{note}</small></p>{html_row(charts)}"
+
+
 def _curves(result: dict[str, Any]) -> str:
+    """The samples curve (metric of the mean of k samples vs k; Fig. S1) and training curves."""
     parts = []
     curve = result.get("samples_curve")
     if curve:
@@ -506,14 +217,14 @@ def _curves(result: dict[str, Any]) -> str:
                 "k (samples averaged)",
                 m,
             )
-            for m in ("psnr", "mse", "ssim")
+            for m in _SAMPLES_CURVE_METRICS
             if m in curve["median"]
         ]
-        parts.append(
-            f"<h2>Samples curve</h2><p><small>{curve['n_samples']} samples from "
-            f"{html.escape(curve['path'])}; median over patches (paper Fig. S1)</small></p>"
-            f'<div class="row">{"".join(charts)}</div>'
+        note = (
+            f"{curve['n_samples']} samples from {html.escape(curve['path'])}; "
+            "median over patches (paper Fig. S1)"
         )
+        parts.append(_chart_section("Samples curve", note, charts))
     training = result.get("training")
     if training and training["series"]:
         charts = [
@@ -525,19 +236,16 @@ def _curves(result: dict[str, Any]) -> str:
                 width=400,
                 height=230,
             )
-            for name, pts in list(training["series"].items())[:12]
+            for name, pts in list(training["series"].items())[:_MAX_TRAINING_CHARTS]
         ]
-        parts.append(
-            f"<h2>Training curves</h2><p><small>{html.escape(training['path'])}</small></p>"
-            f'<div class="row">{"".join(charts)}</div>'
-        )
+        parts.append(_chart_section("Training curves", html.escape(training["path"]), charts))
     return "\n".join(parts)
 
 
 def write_report(directory: Path, result: dict[str, Any], figures: Sequence[RegionFigure]) -> Path:
     """Write ``directory``/index.html and its PNGs from an evaluation's ``to_dict()`` and crops."""
     directory.mkdir(parents=True, exist_ok=True)
-    regions = "\n".join(_region(k, fig, directory) for k, fig in enumerate(figures))
+    regions = "\n".join(region_html(k, fig, directory) for k, fig in enumerate(figures))
     page = (
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>bigrestore evaluation'
         f"</title><style>{_CSS}</style></head><body><h1>bigrestore evaluation</h1>"

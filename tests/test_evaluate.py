@@ -14,7 +14,8 @@ from conftest import data_path
 
 from bigrestore.cli import cli
 from bigrestore.errors import BadInputError, MissingInputError, UsageError
-from bigrestore.evaluate import SIGMA_GRID, evaluate, load_stack
+from bigrestore.eval_inputs import load_stack
+from bigrestore.evaluate import SIGMA_GRID, evaluate
 from bigrestore.io.ome import ImageMeta, write_image
 from bigrestore.report import read_training_log
 

@@ -15,15 +15,9 @@ from conftest import data_path
 
 from bigrestore.errors import CannotCreateOutputError
 from bigrestore.evaluate import evaluate
+from bigrestore.figures import DIVERGING, INFERNO_LIKE, colorize, line_chart, png_bytes
 from bigrestore.io.ome import ImageMeta, write_image
-from bigrestore.report import (
-    DIVERGING,
-    INFERNO_LIKE,
-    colorize,
-    line_chart,
-    png_bytes,
-    prepare_report_dir,
-)
+from bigrestore.report import prepare_report_dir
 
 
 def _decode_png(data: bytes) -> np.ndarray:

@@ -12,7 +12,8 @@ from pathlib import Path
 import click
 
 from bigrestore.errors import CannotCreateOutputError, UsageError
-from bigrestore.evaluate import NORMALIZE, EvaluationResult, evaluate
+from bigrestore.eval_inputs import NORMALIZE
+from bigrestore.evaluate import EvaluationResult, evaluate
 
 _COLUMNS = ("mae", "psnr", "nrmse", "pearson", "ssim", "ms_ssim", "resolution_ratio")
 """Summary columns (the decorrelation resolution itself is in the CSV/JSON)."""
