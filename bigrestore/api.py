@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.resources
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ from bigrestore.io.ome import (
     PYRAMID_MIN_SIDE,
     ImageMeta,
     OpenedImage,
+    check_output,
     create_level0,
     finalize_image,
     open_image,
@@ -189,6 +191,10 @@ def restore(
         raise CannotCreateOutputError(f"{output}: output would replace the input")
     if resume and overwrite:
         raise UsageError("--resume and --overwrite exclude each other")
+    if not resume:
+        check_output(output, overwrite)  # before the statistics pass: refuse early, change nothing
+    elif output.exists() and not os.access(output, os.W_OK | os.X_OK):
+        raise CannotCreateOutputError(f"{output}: cannot resume: the output is not writable")
     if settings.dtype not in OUTPUT_DTYPES:
         raise BadInputError(describe("--dtype", "dtype", " or ".join(OUTPUT_DTYPES), settings.dtype))
     if settings.output_scale not in ("target", "input"):
@@ -208,6 +214,12 @@ def restore(
     TileGrid(8, 8, settings.tile, settings.overlap, multiple)  # validates tile/overlap early
     if settings.sampler == "ancestral" and settings.steps not in (None, spec["schedule"]["T"]):
         raise BadInputError(describe("--steps", "steps", f"{spec['schedule']['T']} for --sampler ancestral", settings.steps))
+    if settings.sampler != "ancestral" and spec["objective"] == "diffusion":
+        from bigrestore.diffusion import timesteps
+
+        timesteps(spec["schedule"]["T"], settings.steps or spec["schedule"]["T"], settings.spacing)  # validates
+    if not 0.0 <= settings.eta <= 1.0:
+        raise BadInputError(describe("--eta", "eta", "a value in [0, 1]", settings.eta))
     selected = _select_channels(image, channels)
     if unet.cond_channels == 1:
         groups = [((c,), (i,)) for i, c in enumerate(selected)]

@@ -97,6 +97,11 @@ def write_atomic(target: Path, write: Any) -> None:
     tmp = Path(name)
     try:
         write(tmp)
+        # mkstemp creates 0600; give the file the usual umask-derived mode so models and
+        # checkpoints on a shared disk are readable by other users and by cluster workers.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, target)

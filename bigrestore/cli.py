@@ -159,7 +159,10 @@ def _by_axis(axes: str, values: list[Any]) -> str:
               show_default=True, help="ancestral = the paper's Eq. 7 with all T steps (slow).")
 @click.option("--steps", type=int, default=20, show_default=True,
               help="Network evaluations per sample for ddim/dpmpp_2m (ancestral uses T).")
-@click.option("--eta", type=float, default=0.0, show_default=True, help="DDIM stochasticity (0..1).")
+@click.option("--eta", type=float, default=1.0, show_default=True,
+              help="DDIM stochasticity: 1 = DDPM posterior noise (robust), 0 = deterministic.")
+@click.option("--spacing", type=click.Choice(["uniform", "quadratic"]), default="uniform", show_default=True,
+              help="Spacing of the ddim/dpmpp_2m steps over the T schedule steps.")
 @click.option("--tile", type=int, default=None,
               help="Tile size in pixels (YX) [default: the model's training patch size].")
 @click.option("--overlap", type=int, default=None, help="Overlap of neighbouring tiles, pixels [default: tile/4].")
@@ -183,7 +186,7 @@ def _by_axis(axes: str, values: list[Any]) -> str:
 @click.option("--ngff-version", type=click.Choice(["0.4", "0.5"]), default="0.5", show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 def run(input_path: Path, output: Path | None, model: Path | None, samples: int, sampler: str,
-        steps: int, eta: float, tile: int | None, overlap: int | None, seed: int, batch: int, gpus: int, workers: int,
+        steps: int, eta: float, spacing: str, tile: int | None, overlap: int | None, seed: int, batch: int, gpus: int, workers: int,
         scheduler: str | None, resume: bool, overwrite: bool, channels: str | None, dtype: str,
         output_scale: str, chunk: int, series: int | None, ngff_version: str, device: str,
         save_samples: bool, clip_x0: bool) -> None:
@@ -209,7 +212,8 @@ def run(input_path: Path, output: Path | None, model: Path | None, samples: int,
     if gpus and scheduler:
         raise click.UsageError("--gpus and --scheduler exclude each other")
     settings = RestoreSettings(samples=samples, sampler=sampler, steps=None if sampler == "ancestral" else steps,
-                               eta=eta, tile=tile, overlap=overlap, seed=seed, batch=batch, dtype=dtype,
+                               eta=eta, spacing=spacing, tile=tile, overlap=overlap, seed=seed, batch=batch,
+                               dtype=dtype,
                                output_scale=output_scale, chunk=chunk, save_samples=save_samples,
                                clip_x0=clip_x0)
     cluster = ClusterSpec(gpus=gpus, workers=gpus or workers, scheduler=scheduler)

@@ -307,10 +307,21 @@ def _network_eps(net: EpsModel, cond: torch.Tensor, autocast_dtype: torch.dtype 
     return eps_fn
 
 
-def _check_settings(
-    schedule: Schedule, sampler: str, steps: int | None, eta: float, spacing: str
-) -> list[int]:
-    """Validate sampler settings before any compute; return the timesteps (T, ..., 0)."""
+def _check_call(
+    where: str,
+    field: str,
+    items: int,
+    cond: torch.Tensor,
+    device: torch.device | str | None,
+    schedule: Schedule,
+    sampler: str,
+    steps: int | None,
+    eta: float,
+    spacing: str,
+) -> tuple[list[int], torch.device]:
+    """Validate the arguments shared by :func:`sample` and :func:`sample_repeated` before any
+    compute: sampler settings, and one ``field`` entry (noise stream / tile key) per batch item
+    of cond. Returns the timesteps (T, ..., 0) and the device (default: cond's)."""
     if sampler not in SAMPLERS:
         raise BadInputError(describe("sample", "sampler", f"one of {', '.join(SAMPLERS)}", sampler))
     if not 0.0 <= eta <= 1.0:
@@ -319,8 +330,12 @@ def _check_settings(
     if sampler == "ancestral":
         if k != schedule.T:
             raise BadInputError(describe("sample", "steps", f"{schedule.T} (ancestral)", k))
-        return list(range(schedule.T, -1, -1))
-    return timesteps(schedule.T, k, spacing)
+        ts = list(range(schedule.T, -1, -1))
+    else:
+        ts = timesteps(schedule.T, k, spacing)
+    if items != cond.shape[0]:
+        raise BadInputError(describe(where, field, cond.shape[0], items))
+    return ts, torch.device(device) if device is not None else cond.device
 
 
 @torch.no_grad()
@@ -347,10 +362,9 @@ def sample(
     predicted y_0 to [-1, 1] as Palette-style code does; off because normalised 16-bit data
     may legitimately leave [-1, 1].
     """
-    ts = _check_settings(schedule, sampler, steps, eta, spacing)
-    if len(streams) != cond.shape[0]:
-        raise BadInputError(describe("sample", "streams", cond.shape[0], len(streams)))
-    device = torch.device(device) if device is not None else cond.device
+    ts, device = _check_call(
+        "sample", "streams", len(streams), cond, device, schedule, sampler, steps, eta, spacing
+    )
     cond = cond.to(device, torch.float32)
     shape = (_out_channels(net, cond, out_channels), *cond.shape[2:])
 
@@ -429,13 +443,12 @@ def sample_repeated(
     item at batch size 1 and 16 (measured ~1e-7 on CPU) but not at the same size, so padding
     keeps a tile's samples bit-identical whatever else shares its block.
     """
-    _check_settings(schedule, sampler, steps, eta, spacing)
-    b = cond.shape[0]
-    if len(keys) != b:
-        raise BadInputError(describe("sample_repeated", "keys", b, len(keys)))
+    _, device = _check_call(
+        "sample_repeated", "keys", len(keys), cond, device, schedule, sampler, steps, eta, spacing
+    )
     _require_int("sample_repeated", "n_samples", n_samples, 1)
     _require_int("sample_repeated", "max_batch", max_batch, 1)
-    device = torch.device(device) if device is not None else cond.device
+    b = cond.shape[0]
     co = _out_channels(net, cond, out_channels)
     out = torch.empty((n_samples, b, co, *cond.shape[2:]), dtype=torch.float32, device=device)
     settings = dict(sampler=sampler, steps=steps, eta=eta, spacing=spacing, device=device)

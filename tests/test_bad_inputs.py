@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tifffile
+import yaml
 import zarr
 from click.testing import CliRunner
 from conftest import data_path
 from test_run import SETTINGS, tiny_model
+from test_train import TINY
 
 from bigrestore.cli import cli
 from bigrestore.errors import IOFailure
@@ -116,3 +125,173 @@ def test_block_failure_on_a_worker_is_an_io_error(inputs, tmp_path):
             run_restore(inputs / "good.zarr", tmp_path / "o2.zarr", model=model, settings=SETTINGS)
     finally:
         api.input_statistics = original
+
+
+# ----------------------------------------------------------------------------- read-only output
+
+#: Runs CLI commands in a child process and prints one JSON line. argv: MODE CASES_JSON where
+#: MODE "drop" (root only) first removes the capabilities that let root ignore mode bits from
+#: the bounding set (prctl PR_CAPBSET_DROP = 24; CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH,
+#: CAP_FOWNER = 1, 2, 3) and execs itself again as MODE "as-is", so root obeys the modes of
+#: directories it owns while still reading its own files. The compute entry points are
+#: replaced by a tripwire: a refusal must come before any statistics pass.
+CLI_IN_CHILD = r"""
+import ctypes, json, os, sys
+mode, cases = sys.argv[1], json.loads(sys.argv[2])
+if mode == "drop":
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    for cap in (1, 2, 3):
+        if prctl(24, cap, 0, 0, 0) != 0:
+            sys.exit(f"prctl(PR_CAPBSET_DROP, {cap}): {os.strerror(ctypes.get_errno())}")
+    os.execv(sys.executable, [sys.executable, __file__, "as-is", sys.argv[2]])
+probe = os.path.join(cases["read_only"], ".probe")
+try:
+    os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+except PermissionError:
+    pass
+else:
+    os.unlink(probe)
+    print(json.dumps({"writable": True}))
+    sys.exit(0)
+from click.testing import CliRunner
+import bigrestore.api, bigrestore.train.api
+from bigrestore.cli import cli
+
+def tripwire(*args, **kwargs):
+    raise AssertionError("computed before the output was refused")
+
+bigrestore.api.input_statistics = tripwire
+bigrestore.train.api.target_statistics = tripwire
+results = []
+for args in cases["commands"]:
+    result = CliRunner().invoke(cli, args)
+    failure = None if isinstance(result.exception, SystemExit) else repr(result.exception)
+    results.append([result.exit_code, result.output, failure])
+print(json.dumps({"writable": False, "results": results}))
+"""
+
+
+def _cli_as_unprivileged(scratch: Path, read_only: Path, commands: list[list[str]]) -> list:
+    """Run ``commands`` in a child process that mode bits bind: as this user when not root;
+    as root without its permission-bypassing capabilities, else as user nobody (65534).
+    Skips when neither can write-protect ``read_only`` here (e.g. no CAP_SETPCAP/CAP_SETUID,
+    or nobody cannot run this Python); returns [exit code, output, unexpected exception]."""
+    script = scratch / "cli_in_child.py"
+    script.write_text(CLI_IN_CHILD)
+    script.chmod(0o644)
+    home = scratch / "home"
+    home.mkdir(mode=0o777)
+    home.chmod(0o777)
+    env = {**os.environ, "HOME": str(home), "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1"}
+    cases = json.dumps({"read_only": str(read_only), "commands": commands})
+    if os.geteuid() != 0:
+        ways = [("this user", "as-is", {})]
+    else:
+        nobody = {"user": 65534, "group": 65534, "extra_groups": []}
+        ways = [("root without CAP_DAC_OVERRIDE", "drop", {}), ("user nobody", "as-is", nobody)]
+    reasons = []
+    for name, mode, identity in ways:
+        try:
+            done = subprocess.run(
+                [sys.executable, str(script), mode, cases],
+                capture_output=True,
+                text=True,
+                env=env,
+                cwd=scratch,
+                timeout=300,
+                **identity,
+            )
+        except OSError as exc:  # e.g. this Python lies in a directory nobody cannot enter
+            reasons.append(f"{name}: {exc}")
+            continue
+        lines = done.stdout.strip().splitlines()
+        if done.returncode != 0 or not lines:
+            if os.geteuid() != 0:
+                raise AssertionError(done.stderr)
+            reasons.append(f"{name}: exit {done.returncode}: {done.stderr.strip()[-300:]}")
+            continue
+        report = json.loads(lines[-1])
+        if report["writable"]:
+            reasons.append(f"{name}: can still write to a directory of mode 0555")
+            continue
+        return report["results"]
+    pytest.skip("no way to make a read-only location here: " + "; ".join(reasons))
+
+
+def _snapshot(root: Path) -> tuple[str, list[str]]:
+    """Every file's bytes and every path (directories too), so a created empty directory shows."""
+    return tree_hash(root), sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+@pytest.fixture
+def scratch():
+    """A directory every user may enter (pytest's tmp_path lies under a 0700 directory when
+    root), removed afterwards even where a test left it read-only."""
+    root = Path(tempfile.mkdtemp(prefix="bigrestore-ro-"))
+    root.chmod(0o755)
+    yield root
+    for directory, _, _ in os.walk(root):
+        os.chmod(directory, 0o755)
+    shutil.rmtree(root)
+
+
+def test_read_only_output_location_is_refused_before_compute(scratch):
+    """run, convert and train on a read-only location: exit 73 naming it, no traceback, no
+    statistics pass, nothing changed (new outputs, --overwrite of existing ones, --resume)."""
+    inputs = scratch / "inputs"
+    inputs.mkdir()
+    pixels = np.random.default_rng(0).integers(0, 4000, (2, 64, 64)).astype(np.uint16)
+    image(inputs / "good.zarr", pixels[0])
+    tifffile.imwrite(inputs / "small.tif", pixels[0])
+    model = tiny_model(inputs / "model")
+    image(inputs / "low.zarr", pixels, "zyx")
+    image(inputs / "high.zarr", pixels[::-1].copy(), "zyx")
+    (inputs / "tiny.yaml").write_text(yaml.safe_dump({**TINY, "epochs": 1, "steps_per_epoch": 1}))
+    locked = scratch / "locked"
+    locked.mkdir()
+    image(locked / "old.zarr", pixels[1])
+    (locked / "trained").mkdir()
+    (locked / "trained" / "metrics.csv").write_text("step\n")
+    (locked / "empty").mkdir()
+    for directory, _, files in os.walk(scratch / "inputs"):
+        os.chmod(directory, 0o755)
+        for name in files:
+            os.chmod(Path(directory, name), 0o644)
+    for directory, _, files in os.walk(locked, topdown=False):
+        for name in files:
+            os.chmod(Path(directory, name), 0o444)
+        os.chmod(directory, 0o555)
+    before = _snapshot(inputs), _snapshot(locked)
+
+    run = ["run", inputs / "good.zarr", "--model", model, "-o"]
+    convert = ["convert", inputs / "small.tif"]
+    train = [
+        "train",
+        "--low",
+        inputs / "low.zarr",
+        "--high",
+        inputs / "high.zarr",
+        "--config",
+        inputs / "tiny.yaml",
+        "--device",
+        "cpu",
+        "--out",
+    ]
+    commands = [
+        [*run, locked / "new.zarr"],
+        [*run, locked / "old.zarr", "--overwrite"],
+        [*run, locked / "old.zarr", "--resume"],
+        [*convert, locked / "new.zarr"],
+        [*convert, locked / "old.zarr", "--overwrite"],
+        [*train, locked / "model"],
+        [*train, locked / "empty"],
+        [*train, locked / "trained", "--overwrite"],
+    ]
+    results = _cli_as_unprivileged(scratch, locked, [[str(a) for a in c] for c in commands])
+    for command, (code, output, failure) in zip(commands, results, strict=True):
+        where = " ".join(str(a) for a in command)
+        assert failure is None, f"{where}: {failure}"
+        assert code == 73, f"{where}: exit {code}: {output}"
+        assert "not writable" in output and str(locked) in output, f"{where}: {output}"
+        assert "Traceback" not in output and len(output.strip().splitlines()) == 1
+    assert (_snapshot(inputs), _snapshot(locked)) == before

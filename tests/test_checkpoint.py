@@ -240,3 +240,17 @@ def test_repeated_saves_give_identical_files(tmp_path: Path) -> None:
     net = make_net(0)
     hashes = {save_model(tmp_path / f"m{i}", net, SPEC) for i in range(12)}
     assert len(hashes) == 1
+
+
+def test_model_files_get_the_umask_mode_not_private(tmp_path: Path) -> None:
+    """mkstemp's 0600 must not leak: a model on a shared disk is read by other users."""
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        save_model(tmp_path / "m", make_net(0), SPEC)
+    finally:
+        os.umask(old)
+    for name in ("model.json", "model.safetensors"):
+        assert stat.S_IMODE((tmp_path / "m" / name).stat().st_mode) == 0o644

@@ -8,42 +8,34 @@ from typing import Any
 
 import click
 
+PATH = click.Path(path_type=Path)
+
+
+def store_option(flag: str, name: str, text: str, required: bool = False) -> Any:
+    """A repeatable option naming one OME-Zarr store per use (pairs match by position)."""
+    return click.option(flag, name, multiple=True, required=required, type=PATH, help=text)
+
 
 @click.command("train")
-@click.option(
+@store_option(
     "--low",
     "lows",
-    multiple=True,
+    "Low-SNR (condition) OME-Zarr store; repeat with --high for several pairs.",
     required=True,
-    type=click.Path(path_type=Path),
-    help="Low-SNR (condition) OME-Zarr store; repeat with --high for several pairs.",
 )
-@click.option(
-    "--high",
-    "highs",
-    multiple=True,
-    required=True,
-    type=click.Path(path_type=Path),
-    help="High-SNR (target) OME-Zarr store, same shape as its --low.",
+@store_option(
+    "--high", "highs", "High-SNR (target) OME-Zarr store, same shape as its --low.", required=True
 )
-@click.option(
+@store_option(
     "--val-low",
     "val_lows",
-    multiple=True,
-    type=click.Path(path_type=Path),
-    help="Validation pair (condition); default: hold out part of each training pair.",
+    "Validation pair (condition); default: hold out part of each training pair.",
 )
-@click.option(
-    "--val-high",
-    "val_highs",
-    multiple=True,
-    type=click.Path(path_type=Path),
-    help="Validation pair (target).",
-)
+@store_option("--val-high", "val_highs", "Validation pair (target).")
 @click.option(
     "--config",
     "config_path",
-    type=click.Path(path_type=Path),
+    type=PATH,
     default=None,
     help="YAML preset, e.g. configs/cpu-small.yaml or configs/paper.yaml (not needed with --resume).",
 )
@@ -51,7 +43,7 @@ import click
     "--out",
     "out_dir",
     required=True,
-    type=click.Path(path_type=Path),
+    type=PATH,
     help="Model directory: model.safetensors/json (best epoch), checkpoint/, metrics.csv.",
 )
 @click.option(
@@ -144,9 +136,12 @@ def command(
         config = checkpoint_config(out_dir)
         changes = {"time_budget_minutes": max_minutes, "workers": workers}
         config = config.replace(**{k: v for k, v in changes.items() if v is not None})
-    bar = tqdm(total=None, unit="step", desc="training", dynamic_ncols=True)
+    bars: list[Any] = []  # drawn at the first record, so refusals print one line only
 
     def progress(record: dict[str, Any]) -> None:
+        if not bars:
+            bars.append(tqdm(total=None, unit="step", desc="training", dynamic_ncols=True))
+        bar = bars[0]
         if record["kind"] == "start":
             bar.reset(total=record["total_steps"])
             bar.update(record["step"])
@@ -183,7 +178,8 @@ def command(
             channels=channels or None,
         )
     finally:
-        bar.close()
+        for bar in bars:
+            bar.close()
     best = "-" if result.best_val_mae is None else f"{result.best_val_mae:.4f}"
     click.echo(
         f"trained {result.steps}/{result.total_steps} steps in {result.wall_seconds / 60:.1f} min; "

@@ -230,18 +230,41 @@ def default_chunks(shape: tuple[int, ...], axes: str, yx_chunk: int = DEFAULT_YX
     return tuple(min(n, yx_chunk) if a in "yx" else 1 for n, a in zip(shape, axes, strict=True))
 
 
+def unwritable_directory(directory: Path) -> Path | None:
+    """The first directory in ``directory``'s tree (itself included) whose entries cannot be
+    listed, created or removed, else None: what ``shutil.rmtree`` and a resumed run need."""
+    needed = os.R_OK | os.W_OK | os.X_OK
+    if not os.access(directory, needed):
+        return directory
+    for root, dirs, _ in os.walk(directory):
+        for name in dirs:
+            if not os.access(Path(root, name), needed):
+                return Path(root, name)
+    return None
+
+
+def check_output(path: Path, overwrite: bool) -> None:
+    """Raise CannotCreateOutputError unless ``path`` can be created (or, with ``overwrite``,
+    removed and created again). Changes nothing, so callers run it before any compute."""
+    if (path.exists() or path.is_symlink()) and not overwrite:
+        raise CannotCreateOutputError(f"{path}: output exists; pass --overwrite to replace it")
+    if not path.parent.is_dir():
+        raise CannotCreateOutputError(f"{path}: parent directory {path.parent} does not exist")
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        raise CannotCreateOutputError(f"{path}: parent directory {path.parent} is not writable")
+    blocked = unwritable_directory(path) if path.is_dir() and not path.is_symlink() else None
+    if blocked is not None:
+        raise CannotCreateOutputError(f"{path}: cannot replace the output: {blocked} is not writable")
+
+
 def prepare_output(path: Path, overwrite: bool) -> None:
-    """Refuse to replace an existing output unless asked; never touch anything else."""
-    if path.exists():
-        if not overwrite:
-            raise CannotCreateOutputError(f"{path}: output exists; pass --overwrite to replace it")
+    """Refuse to replace an existing output unless asked (see :func:`check_output`); with
+    ``overwrite``, remove it. Never touches anything else."""
+    check_output(path, overwrite)
+    if path.exists() or path.is_symlink():
         import shutil
 
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
-    if not path.parent.exists():
-        raise CannotCreateOutputError(f"{path}: parent directory {path.parent} does not exist")
-    if not os.access(path.parent, os.W_OK):
-        raise CannotCreateOutputError(f"{path}: parent directory {path.parent} is not writable")
+        shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
 
 
 def _create_array(

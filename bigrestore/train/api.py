@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 
 from bigrestore import __version__
 from bigrestore.checkpoint import load_model, save_model
+from bigrestore.devices import pick_device
 from bigrestore.errors import (
     IncompatibleModelError,
     MissingInputError,
@@ -97,7 +98,7 @@ def train(
     """
     out_dir = Path(out_dir)
     ckpt_dir = out_dir / "checkpoint"
-    dev = outputs.pick_device(device)
+    dev = pick_device(device)
     if resume and overwrite:
         raise UsageError("--resume and --overwrite exclude each other")
     if not pairs:
@@ -112,6 +113,7 @@ def train(
         config = outputs.resumed_config(record, config, ckpt_dir)
     if config is None:
         raise UsageError("a training config is required (--config)")
+    outputs.check_output(out_dir, overwrite, resume)  # before reading any data; changes nothing
 
     train_pairs = [open_pair(low, high, channels) for low, high in pairs]
     held_pairs = [open_pair(low, high, channels) for low, high in val_pairs] if val_pairs else None

@@ -21,9 +21,9 @@ from bigrestore.errors import (
     CannotCreateOutputError,
     IncompatibleModelError,
     MissingInputError,
-    UsageError,
     describe,
 )
+from bigrestore.io.ome import unwritable_directory
 from bigrestore.normalize import Stats
 from bigrestore.train import state
 from bigrestore.train.config import TrainConfig
@@ -42,25 +42,22 @@ OUTPUT_ENTRIES = (
 RESUMABLE_CHANGES = ("workers", "time_budget_minutes", "checkpoint_minutes")
 
 
-def pick_device(name: str) -> torch.device:
-    """The torch device for ``name``: auto (CUDA when torch sees a GPU, else CPU), cpu, cuda[:N]."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cpu":
-        return torch.device("cpu")
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise UsageError(f"--device {name}: torch sees no CUDA device")
-        return torch.device(name)
-    raise UsageError(describe("--device", "device", "auto, cpu or cuda[:N]", name))
-
-
-def prepare_output(out_dir: Path, overwrite: bool) -> None:
-    """Create ``out_dir``; a non-empty one only with ``overwrite``, and only if it holds nothing
-    but training outputs (so --overwrite never deletes a user's other files)."""
+def check_output(out_dir: Path, overwrite: bool, resume: bool = False) -> None:
+    """Raise CannotCreateOutputError unless training can write ``out_dir``: create it, or use
+    an empty one, or (``overwrite``) clear a training directory, or (``resume``) continue one.
+    Changes nothing, so ``train`` runs it before reading any data."""
     if out_dir.exists() and not out_dir.is_dir():
         raise CannotCreateOutputError(describe(out_dir, "output", "a directory", "a file"))
-    if out_dir.exists() and any(out_dir.iterdir()):
+    if not out_dir.exists():
+        ancestor = next(p for p in out_dir.absolute().parents if p.exists())
+        if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+            raise CannotCreateOutputError(
+                describe(
+                    out_dir, "output", "a directory that can be created", f"{ancestor} not writable"
+                )
+            )
+        return
+    if not resume and any(out_dir.iterdir()):
         if not overwrite:
             raise CannotCreateOutputError(
                 f"{out_dir}: output directory is not empty; pass --resume to continue its training "
@@ -80,6 +77,23 @@ def prepare_output(out_dir: Path, overwrite: bool) -> None:
                     f"other files {foreign[:3]}",
                 )
             )
+    blocked = unwritable_directory(out_dir)
+    if blocked is None and resume:  # metrics.csv / steps.csv are rewritten in place
+        blocked = next(
+            (p for p in out_dir.glob("*.csv") if p.is_file() and not os.access(p, os.W_OK)), None
+        )
+    if blocked is not None:
+        raise CannotCreateOutputError(
+            describe(out_dir, "output", "a writable directory", f"{blocked} not writable")
+        )
+
+
+def prepare_output(out_dir: Path, overwrite: bool) -> None:
+    """Create ``out_dir`` (see :func:`check_output`); a non-empty one only with ``overwrite``,
+    and only if it holds nothing but training outputs (so --overwrite never deletes a user's
+    other files), whose entries are then removed."""
+    check_output(out_dir, overwrite)
+    if out_dir.exists():
         for name in OUTPUT_ENTRIES:
             path = out_dir / name
             shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
