@@ -67,6 +67,12 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=8)
     parser.add_argument("--steps", type=int, nargs="+", default=list(STEPS))
     parser.add_argument("--ancestral", action="store_true", help="also the 200-step sampler")
+    parser.add_argument(
+        "--settings",
+        nargs="*",
+        default=[label for label, _ in SETTINGS],
+        help="which of the fast-sampler settings to run (default all; none: only --ancestral)",
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
 
@@ -82,7 +88,7 @@ def main() -> None:
             "psnr": median_psnr(np.stack([gaussian_filter(c, 2.0) for c in cond.numpy()]), target),
         },
     ]
-    runs = [(label, kw, k) for label, kw in SETTINGS for k in args.steps]
+    runs = [(label, kw, k) for label, kw in SETTINGS if label in args.settings for k in args.steps]
     if args.ancestral:
         runs.append(("ancestral", dict(sampler="ancestral"), None))
     for label, kw, k in runs:
