@@ -157,7 +157,7 @@ def _by_axis(axes: str, values: list[Any]) -> str:
               help="Samples per tile N; the mean is DDPM-avg, std/entropy their spread (paper: 15).")
 @click.option("--sampler", type=click.Choice(["ddim", "dpmpp_2m", "ancestral"]), default="ddim",
               show_default=True, help="ancestral = the paper's Eq. 7 with all T steps (slow).")
-@click.option("--steps", type=int, default=20, show_default=True,
+@click.option("--steps", type=int, default=50, show_default=True,
               help="Network evaluations per sample for ddim/dpmpp_2m (ancestral uses T).")
 @click.option("--eta", type=float, default=1.0, show_default=True,
               help="DDIM stochasticity: 1 = DDPM posterior noise (robust), 0 = deterministic.")
@@ -199,7 +199,7 @@ def run(input_path: Path, output: Path | None, model: Path | None, samples: int,
 
     \b
     Examples:
-      bigrestore run stack.zarr --samples 8 --steps 20          # local CPU cluster
+      bigrestore run stack.zarr --samples 4 --steps 20          # quicker, rougher
       bigrestore run slide.zarr --gpus 4 --samples 15           # one worker per GPU
       bigrestore run slide.zarr --scheduler tcp://10.0.0.5:8786 # existing cluster
     """

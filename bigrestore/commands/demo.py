@@ -27,7 +27,7 @@ def sample_path(name: str) -> Path:
 @click.option("--out", type=click.Path(path_type=Path), default=Path("bigrestore-demo"), show_default=True,
               help="Directory for everything the demo writes.")
 @click.option("--samples", default=8, show_default=True, help="Samples per tile (as `run`; paper: 15).")
-@click.option("--steps", default=20, show_default=True, help="Sampler steps per sample (as `run`).")
+@click.option("--steps", default=50, show_default=True, help="Sampler steps per sample (as `run`).")
 @click.option("--sampler", type=click.Choice(["ddim", "dpmpp_2m", "ancestral"]), default="ddim",
               show_default=True)
 @click.option("--workers", default=1, show_default=True, help="CPU Dask workers.")
@@ -38,7 +38,7 @@ def command(out: Path, samples: int, steps: int, sampler: str, workers: int, gpu
 
     The sample is a 256x256 crop of a W2S validation field (widefield, single frame "avg1"
     as input, 400-frame average as ground truth). On a 2-core CPU this takes a few minutes
-    with the defaults, which are those of `bigrestore run` (8 samples of 20 DDIM steps).
+    with the defaults, which are those of `bigrestore run` (8 samples of 50 DDIM steps).
     """
     from tqdm import tqdm
 
