@@ -53,8 +53,12 @@ def cli(verbose: int) -> None:
     Exit codes: 0 ok, 2 usage, 65 bad data/metadata, 66 missing input, 73 cannot create
     output, 74 I/O error, 75 interrupted (resumable), 78 incompatible model/config.
     """
-    level = logging.WARNING - 10 * verbose
-    logging.basicConfig(level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s")
+    level = max(logging.WARNING - 10 * verbose, logging.DEBUG)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    # distributed sets its loggers to INFO when imported, and their records propagate to this
+    # handler: filter at the handler so the cluster's start/stop chatter needs -v
+    for handler in logging.getLogger().handlers:
+        handler.setLevel(level)
 
 
 # ----------------------------------------------------------------------------- convert / info
