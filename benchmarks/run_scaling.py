@@ -140,6 +140,7 @@ def model_seconds(
         sampler=s.sampler,
         steps=s.steps,
         eta=s.eta,
+        spacing=s.spacing,
         device=torch.device("cpu"),
         max_batch=s.batch,
         clip_x0=s.clip_x0,
