@@ -20,6 +20,7 @@ import numpy as np
 import zarr
 
 from bigrestore import __version__
+from bigrestore.diffusion import Schedule, check_sampler
 from bigrestore.errors import (
     BadInputError,
     BigrestoreError,
@@ -212,14 +213,9 @@ def restore(
     multiple = unet.downsample_factor
     settings = settings.resolved(unet.train_resolution)
     TileGrid(8, 8, settings.tile, settings.overlap, multiple)  # validates tile/overlap early
-    if settings.sampler == "ancestral" and settings.steps not in (None, spec["schedule"]["T"]):
-        raise BadInputError(describe("--steps", "steps", f"{spec['schedule']['T']} for --sampler ancestral", settings.steps))
-    if settings.sampler != "ancestral" and spec["objective"] == "diffusion":
-        from bigrestore.diffusion import timesteps
-
-        timesteps(spec["schedule"]["T"], settings.steps or spec["schedule"]["T"], settings.spacing)  # validates
-    if not 0.0 <= settings.eta <= 1.0:
-        raise BadInputError(describe("--eta", "eta", "a value in [0, 1]", settings.eta))
+    # the workers' sampler checks, here before any write (a model without a schedule: the default)
+    check_sampler(Schedule.from_dict(spec.get("schedule", {})), settings.sampler, settings.steps,
+                  settings.eta, settings.spacing, where="run settings")
     selected = _select_channels(image, channels)
     if unet.cond_channels == 1:
         groups = [((c,), (i,)) for i, c in enumerate(selected)]
@@ -289,7 +285,6 @@ def restore(
         multiple=multiple,
         device=device,
         torch_threads=cluster.torch_threads(),
-        gpu_count=cluster.gpus,
     )
     started = time.perf_counter()
     totals = {"tiles": 0, "clipped": 0, "done": 0}

@@ -307,6 +307,29 @@ def _network_eps(net: EpsModel, cond: torch.Tensor, autocast_dtype: torch.dtype 
     return eps_fn
 
 
+def check_sampler(
+    schedule: Schedule,
+    sampler: str,
+    steps: int | None,
+    eta: float,
+    spacing: str,
+    where: str = "sample",
+) -> list[int]:
+    """Validate sampler settings before any compute; return the timesteps (T, ..., 0).
+
+    `bigrestore run` calls it on the client, before any write, with the model's schedule."""
+    if sampler not in SAMPLERS:
+        raise BadInputError(describe(where, "sampler", f"one of {', '.join(SAMPLERS)}", sampler))
+    if not 0.0 <= eta <= 1.0:
+        raise BadInputError(describe(where, "eta", "a value in [0, 1]", eta))
+    k = schedule.T if steps is None else steps
+    if sampler == "ancestral":
+        if k != schedule.T:
+            raise BadInputError(describe(where, "steps", f"{schedule.T} (ancestral)", k))
+        return list(range(schedule.T, -1, -1))
+    return timesteps(schedule.T, k, spacing)
+
+
 def _check_call(
     where: str,
     field: str,
@@ -322,17 +345,7 @@ def _check_call(
     """Validate the arguments shared by :func:`sample` and :func:`sample_repeated` before any
     compute: sampler settings, and one ``field`` entry (noise stream / tile key) per batch item
     of cond. Returns the timesteps (T, ..., 0) and the device (default: cond's)."""
-    if sampler not in SAMPLERS:
-        raise BadInputError(describe("sample", "sampler", f"one of {', '.join(SAMPLERS)}", sampler))
-    if not 0.0 <= eta <= 1.0:
-        raise BadInputError(describe("sample", "eta", "a value in [0, 1]", eta))
-    k = schedule.T if steps is None else steps
-    if sampler == "ancestral":
-        if k != schedule.T:
-            raise BadInputError(describe("sample", "steps", f"{schedule.T} (ancestral)", k))
-        ts = list(range(schedule.T, -1, -1))
-    else:
-        ts = timesteps(schedule.T, k, spacing)
+    ts = check_sampler(schedule, sampler, steps, eta, spacing)
     if items != cond.shape[0]:
         raise BadInputError(describe(where, field, cond.shape[0], items))
     return ts, torch.device(device) if device is not None else cond.device

@@ -100,7 +100,6 @@ class RunJob:
     multiple: int
     device: str = "auto"
     torch_threads: int = 0
-    gpu_count: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
 

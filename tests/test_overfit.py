@@ -21,7 +21,7 @@ from bigrestore.rng import TileKey
 def w2s_pairs(n: int = 4, size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
     low = tifffile.imread(data_path("w2s/val_low.tif"))[:n, 0, 200 : 200 + size, 200 : 200 + size]
     high = tifffile.imread(data_path("w2s/val_high.tif"))[:n, 0, 200 : 200 + size, 200 : 200 + size]
-    norm = [(to_model(lo, percentile_stats(lo)), to_model(hi, percentile_stats(hi))) for lo, hi in zip(low, high)]
+    norm = [(to_model(lo, percentile_stats(lo)), to_model(hi, percentile_stats(hi))) for lo, hi in zip(low, high, strict=True)]
     cond = torch.from_numpy(np.stack([c for c, _ in norm]))[:, None]
     target = torch.from_numpy(np.stack([t for _, t in norm]))[:, None]
     return cond, target

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import click
 
-from bigrestore.errors import CannotCreateOutputError, UsageError
+from bigrestore.errors import UsageError
 from bigrestore.eval_inputs import NORMALIZE
 from bigrestore.evaluate import EvaluationResult, evaluate
+from bigrestore.io.ome import check_output
 
 _COLUMNS = ("mae", "psnr", "nrmse", "pearson", "ssim", "ms_ssim", "resolution_ratio")
 """Summary columns (the decorrelation resolution itself is in the CSV/JSON)."""
@@ -42,15 +43,6 @@ def _region(text: str) -> tuple[int, int, int, int]:
             f"expected PLANE,Y,X,SIZE, found {text!r}", param_hint="--region"
         ) from exc
     return plane, y, x, size
-
-
-def _check_output(path: Path | None, overwrite: bool) -> None:
-    if path is None:
-        return
-    if path.exists() and not overwrite:
-        raise CannotCreateOutputError(f"{path}: exists; pass --overwrite to replace it")
-    if not path.parent.is_dir():
-        raise CannotCreateOutputError(f"{path}: parent directory {path.parent} does not exist")
 
 
 def format_table(result: EvaluationResult) -> str:
@@ -164,7 +156,8 @@ def command(
     if patch < 0:
         raise click.BadParameter("must be >= 0", param_hint="--patch")
     for path in (csv_path, json_path):
-        _check_output(path, overwrite)
+        if path is not None:
+            check_output(path, overwrite)
     preds = [paths[0], *paths[2:]]
     name_list = names.split(",") if names else None
     if name_list is not None and len(name_list) != len(preds):
