@@ -2,7 +2,7 @@
 
 Run after benchmarks/train_w2s.sh has trained both models into WORKDIR:
 
-    python benchmarks/quality_w2s.py WORKDIR [--samples 8] [--fields 6] [--out docs/benchmarks-w2s.json]
+    python benchmarks/quality_w2s.py WORKDIR [--samples 15] [--fields 6] [--out docs/benchmarks-w2s.json]
 
 Evaluation set: the W2S validation split (fields 061-080, 3 channels each), the centred 256x256
 crop of the first --fields fields (one 256² patch per image; the paper reports medians over
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 from pathlib import Path
 
@@ -28,6 +29,7 @@ import torch
 from bigrestore.api import restore
 from bigrestore.checkpoint import load_model
 from bigrestore.evaluate import evaluate
+from bigrestore.execute import ClusterSpec
 from bigrestore.io.ome import ImageMeta, write_image
 from bigrestore.restore import RestoreSettings
 
@@ -49,10 +51,11 @@ def save(path: Path, data: np.ndarray) -> Path:
     return path
 
 
-def restored(work: Path, name: str, source: Path, model: Path, **settings) -> tuple[Path, float]:
+def restored(work: Path, name: str, source: Path, model: Path, workers: int, **settings) -> tuple[Path, float]:
     """Run `bigrestore run` (the real tiled, Dask path) and return the output store and its seconds."""
     out = work / f"{name}.restored.zarr"
-    result = restore(source, out, model=model, settings=RestoreSettings(**settings), overwrite=True)
+    result = restore(source, out, model=model, settings=RestoreSettings(**settings), overwrite=True,
+                     cluster=ClusterSpec(workers=workers, threads_per_worker=1))
     return out, result.seconds
 
 
@@ -73,7 +76,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("work", type=Path)
     parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
-    parser.add_argument("--samples", type=int, default=8, help="Samples per tile (the run default).")
+    parser.add_argument("--samples", type=int, default=15, help="Samples per tile N (the paper's 15).")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                        help="Dask workers, one torch thread each (the result does not depend on it).")
     parser.add_argument("--fields", type=int, default=6, help="Validation fields used (of 20), 3 channels each.")
     parser.add_argument("--out", type=Path, default=Path("docs/benchmarks-w2s.json"))
     args = parser.parse_args()
@@ -91,10 +96,10 @@ def main() -> None:
 
     ddpm_dir, reg_dir = work / "model_diffusion", work / "model_regression"
     n_images = low.shape[0] * low.shape[1]
-    reg_out, seconds = restored(bench, "regression", paths["raw"], reg_dir, batch=16)
+    reg_out, seconds = restored(bench, "regression", paths["raw"], reg_dir, args.workers, batch=16)
     timings["regression s/image"] = seconds / n_images
     defaults = RestoreSettings()
-    avg_out, seconds = restored(bench, "ddpm", paths["raw"], ddpm_dir, samples=args.samples, save_samples=True,
+    avg_out, seconds = restored(bench, "ddpm", paths["raw"], ddpm_dir, args.workers, samples=args.samples, save_samples=True,
                                 batch=16)
     sampler = f"{defaults.sampler} eta {defaults.eta:g}, {defaults.steps} {defaults.spacing} steps"
     timings[f"DDPM ({sampler}) x {args.samples} samples s/image"] = seconds / n_images

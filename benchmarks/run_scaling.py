@@ -50,6 +50,7 @@ import torch
 
 from bigrestore.api import bundled_model_path, input_statistics, restore
 from bigrestore.checkpoint import load_model
+from bigrestore.devices import autocast_dtype
 from bigrestore.diffusion import Schedule, sample_repeated
 from bigrestore.execute import ClusterSpec
 from bigrestore.io.ome import default_meta, open_image, write_image
@@ -144,6 +145,7 @@ def model_seconds(
         device=torch.device("cpu"),
         max_batch=s.batch,
         clip_x0=s.clip_x0,
+        autocast_dtype=autocast_dtype(s.precision, torch.device("cpu")),  # as the workers resolve it
     )
     with torch.inference_mode():
         sample_repeated(

@@ -1,6 +1,6 @@
 """Steps-vs-quality curve of the samplers on W2S validation crops (in-process, no Dask).
 
-    python benchmarks/sampler_w2s.py MODEL [--crop 64] [--samples 4] [--out FILE.json]
+    python benchmarks/sampler_w2s.py MODEL [--crop 64] [--samples 4] [--precision fp32 bf16] [--out FILE.json]
 
 For each sampler setting: PSNR (median over images) of the mean of the first k = 1..N samples
 against the high-SNR target, the network calls per sample, and the seconds per sample per 64² tile on this
@@ -23,6 +23,7 @@ import torch
 from scipy.ndimage import gaussian_filter
 
 from bigrestore.checkpoint import load_model
+from bigrestore.devices import autocast_dtype
 from bigrestore.diffusion import Schedule, sample_repeated
 from bigrestore.normalize import percentile_stats, to_model
 from bigrestore.rng import TileKey
@@ -73,6 +74,13 @@ def main() -> None:
         default=[label for label, _ in SETTINGS],
         help="which of the fast-sampler settings to run (default all; none: only --ancestral)",
     )
+    parser.add_argument(
+        "--precision",
+        nargs="+",
+        default=["auto"],
+        choices=["auto", "fp32", "bf16"],
+        help="network arithmetic; several values run every setting once per precision, side by side",
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
 
@@ -91,7 +99,11 @@ def main() -> None:
     runs = [(label, kw, k) for label, kw in SETTINGS if label in args.settings for k in args.steps]
     if args.ancestral:
         runs.append(("ancestral", dict(sampler="ancestral"), None))
-    for label, kw, k in runs:
+    runs = [(label, kw, k, p) for label, kw, k in runs for p in args.precision]
+    for label, kw, k, precision in runs:
+        autocast = autocast_dtype(precision, torch.device("cpu"))
+        if len(args.precision) > 1:
+            label = f"{label} {'bf16' if autocast else 'fp32'}"
         start = time.perf_counter()
         result = sample_repeated(
             net,
@@ -103,6 +115,7 @@ def main() -> None:
             clip_x0=True,
             max_batch=60,
             return_samples=True,
+            autocast_dtype=autocast,
             **kw,
         )
         seconds = time.perf_counter() - start

@@ -20,6 +20,7 @@ import numpy as np
 import zarr
 
 from bigrestore import __version__
+from bigrestore.devices import PRECISIONS
 from bigrestore.diffusion import Schedule, check_sampler
 from bigrestore.errors import (
     BadInputError,
@@ -216,6 +217,8 @@ def restore(
     # the workers' sampler checks, here before any write (a model without a schedule: the default)
     check_sampler(Schedule.from_dict(spec.get("schedule", {})), settings.sampler, settings.steps,
                   settings.eta, settings.spacing, where="run settings")
+    if settings.precision not in PRECISIONS:
+        raise UsageError(describe("run settings", "precision", ", ".join(PRECISIONS), settings.precision))
     selected = _select_channels(image, channels)
     if unet.cond_channels == 1:
         groups = [((c,), (i,)) for i, c in enumerate(selected)]
@@ -288,8 +291,10 @@ def restore(
     )
     started = time.perf_counter()
     totals = {"tiles": 0, "clipped": 0, "done": 0}
+    ran_on: set[str] = set()  # "device precision" of this run's blocks (auto resolves per worker)
 
     def on_done(result: dict[str, Any]) -> None:
+        ran_on.add(f"{result.get('device', '?')} {result.get('precision', '?')}")
         totals["tiles"] += result["tiles"]
         totals["clipped"] += result["clipped"]
         totals["done"] += 1
@@ -336,6 +341,7 @@ def restore(
         "blocks_this_run": len(tasks_left),
         "tiles_this_run": totals["tiles"],
         "clipped_pixels": totals["clipped"],
+        "ran_on": sorted(ran_on),
         "compute_seconds": round(compute_seconds, 3),
         "total_seconds": round(time.perf_counter() - started, 3),
         "cluster": {"gpus": cluster.gpus, "workers": cluster.workers, "scheduler": cluster.scheduler},

@@ -168,7 +168,7 @@ def _by_axis(axes: str, values: list[Any]) -> str:
 @click.option("--spacing", type=click.Choice(["uniform", "quadratic"]), default="uniform", show_default=True,
               help="Spacing of the ddim/dpmpp_2m steps over the T schedule steps.")
 @click.option("--tile", type=int, default=None,
-              help="Tile size in pixels (YX) [default: the model's training patch size].")
+              help="Tile size in pixels (YX) [default: twice the model's training patch size].")
 @click.option("--overlap", type=int, default=None, help="Overlap of neighbouring tiles, pixels [default: tile/4].")
 @click.option("--clip/--no-clip", "clip_x0", default=True, show_default=True,
               help="Clip each predicted clean image to the model's [-1, 1] range while sampling.")
@@ -189,11 +189,13 @@ def _by_axis(axes: str, values: list[Any]) -> str:
 @click.option("--series", type=int, default=None, help="Image of a bioformats2raw store.")
 @click.option("--ngff-version", type=click.Choice(["0.4", "0.5"]), default="0.5", show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
+              help="Network arithmetic: auto = bf16 on GPUs and on CPUs with native bf16 (AMX), else fp32.")
 def run(input_path: Path, output: Path | None, model: Path | None, samples: int, sampler: str,
         steps: int, eta: float, spacing: str, tile: int | None, overlap: int | None, seed: int, batch: int, gpus: int, workers: int,
         scheduler: str | None, resume: bool, overwrite: bool, channels: str | None, dtype: str,
         output_scale: str, chunk: int, series: int | None, ngff_version: str, device: str,
-        save_samples: bool, clip_x0: bool) -> None:
+        save_samples: bool, clip_x0: bool, precision: str) -> None:
     """Restore an OME-Zarr image tile by tile on a Dask cluster.
 
     Writes OUTPUT/mean, OUTPUT/std and OUTPUT/entropy, each a multiscale OME-Zarr image with the
@@ -219,7 +221,7 @@ def run(input_path: Path, output: Path | None, model: Path | None, samples: int,
                                eta=eta, spacing=spacing, tile=tile, overlap=overlap, seed=seed, batch=batch,
                                dtype=dtype,
                                output_scale=output_scale, chunk=chunk, save_samples=save_samples,
-                               clip_x0=clip_x0)
+                               clip_x0=clip_x0, precision=precision)
     cluster = ClusterSpec(gpus=gpus, workers=gpus or workers, scheduler=scheduler)
     bars: list[Any] = []  # drawn at the first finished block, so refusals print one line only
 

@@ -32,3 +32,31 @@ def pick_device(name: str = "auto") -> torch.device:
     if not torch.cuda.is_available():
         raise UsageError(f"--device {name}: torch sees no CUDA device")
     return torch.device(name) if indexed else torch.device("cuda", _worker_gpu())
+
+
+#: --precision choices: auto (bf16 where the hardware computes it natively, else fp32), fp32, bf16.
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def native_bf16(device: torch.device) -> bool:
+    """True where bf16 convolutions are native and faster than fp32: CUDA GPUs with bf16, and
+    CPUs with AMX or AVX512-BF16 (measured 2.4x faster than fp32 per network call on a
+    Sapphire Rapids core, benchmarks/precision_speed.py). Other CPUs emulate bf16, slower."""
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    if device.type != "cpu" or not torch.backends.mkldnn.is_available():
+        return False
+    probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")  # torch.cpu, no public API
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of network calls for ``precision`` on ``device`` (None = fp32).
+
+    The sampler's and the optimiser's arithmetic stay fp32 either way; only the network's
+    convolutions and matrix products drop to bf16."""
+    if precision not in PRECISIONS:
+        raise UsageError(describe("--precision", "precision", ", ".join(PRECISIONS), precision))
+    if precision == "fp32" or (precision == "auto" and not native_bf16(device)):
+        return None
+    return torch.bfloat16

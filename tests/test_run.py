@@ -15,7 +15,8 @@ from conftest import data_path, read_with_ome_zarr_py, validate_ngff
 from bigrestore.api import restore
 from bigrestore.checkpoint import save_model
 from bigrestore.cli import cli
-from bigrestore.errors import CannotCreateOutputError, IncompatibleModelError, ResumableInterrupt
+from bigrestore.devices import native_bf16
+from bigrestore.errors import CannotCreateOutputError, IncompatibleModelError, ResumableInterrupt, UsageError
 from bigrestore.execute import ClusterSpec
 from bigrestore.io.ome import ImageMeta, open_image, write_image
 from bigrestore.model.unet import ConditionalUNet, UNetConfig
@@ -133,6 +134,29 @@ def test_regression_model_and_uint16_output(noisy_nuclei, tmp_path):
     assert result.manifest["clipped_pixels"] >= 0
 
 
+def test_precision_is_applied_and_recorded(noisy_nuclei, model, reference, tmp_path):
+    """bf16 network arithmetic changes the mean only slightly; fp32 is what the reference
+    run used where the CPU has no native bf16; the manifest says what each block ran with."""
+    means = {}
+    for precision in ("fp32", "bf16"):
+        settings = RestoreSettings(**{**SETTINGS.to_dict(), "precision": precision})
+        result = restore(noisy_nuclei, tmp_path / f"{precision}.zarr", model=model, settings=settings,
+                         pyramid_min_side=40)
+        assert result.manifest["settings"]["precision"] == precision
+        assert result.manifest["ran_on"] == [f"cpu {precision}"]
+        means[precision] = open_image(tmp_path / f"{precision}.zarr" / "mean").data.compute()
+    fp32, bf16 = means["fp32"], means["bf16"]
+    assert not np.array_equal(fp32, bf16)
+    spread = np.percentile(fp32, 99) - np.percentile(fp32, 1)
+    assert np.median(np.abs(fp32 - bf16)) < 0.02 * spread
+    auto = open_image(reference / "mean").data.compute()
+    np.testing.assert_array_equal(auto, bf16 if native_bf16(torch.device("cpu")) else fp32)
+    with pytest.raises(UsageError, match="precision"):
+        restore(noisy_nuclei, tmp_path / "x.zarr", model=model,
+                settings=RestoreSettings(**{**SETTINGS.to_dict(), "precision": "fp16"}))
+    assert not (tmp_path / "x.zarr").exists()
+
+
 def test_refuses_bad_requests_before_writing(noisy_nuclei, model, reference, tmp_path):
     with pytest.raises(CannotCreateOutputError, match="--overwrite"):
         restore(noisy_nuclei, reference, model=model, settings=SETTINGS)
@@ -177,11 +201,11 @@ def test_gpu_request_without_gpu_falls_back_to_one_cpu_worker_each():
         assert all(w["nthreads"] == 1 for w in client.scheduler_info()["workers"].values())
 
 
-def test_saved_samples_average_to_the_mean_and_tile_defaults_to_model(noisy_nuclei, model, tmp_path):
+def test_saved_samples_average_to_the_mean_and_tile_defaults_to_twice_the_training_patch(noisy_nuclei, model, tmp_path):
     settings = RestoreSettings(samples=3, steps=2, batch=4, chunk=64, save_samples=True)
     out = tmp_path / "s.zarr"
     result = restore(noisy_nuclei, out, model=model, settings=settings)
-    assert result.manifest["settings"]["tile"] == 32 and result.manifest["settings"]["overlap"] == 8
+    assert result.manifest["settings"]["tile"] == 64 and result.manifest["settings"]["overlap"] == 16
     samples = [open_image(out / "samples" / f"{k:02d}.zarr").data.compute() for k in range(3)]
     validate_ngff(out / "samples" / "00.zarr")
     mean = open_image(out / "mean").data.compute()

@@ -79,6 +79,7 @@ def test_presets_load_and_round_trip():
         ("schedule: {T: 0}\n", "schedule.T"),
         ("p_low: 99.9\np_high: 1\n", "p_high"),
         ("model: {channel_mult: 3}\n", "model.channel_mult"),
+        ("precision: fp16\n", "precision"),
     ],
 )
 def test_bad_config_names_the_field(tmp_path, text, field):

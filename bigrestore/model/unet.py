@@ -219,6 +219,11 @@ class Block(nn.Module):
 class ConditionalUNet(nn.Module):
     """Noise predictor eps_theta(x, y_t, alpha_bar) of the DDPM loss; see the module docstring."""
 
+    #: Run the activations NHWC (channels last): oneDNN and cuDNN convolve them faster than
+    #: NCHW (measured by benchmarks/precision_speed.py, which sets this False for the baseline).
+    #: The layout changes speed only, not the result beyond float rounding.
+    channels_last: bool = True
+
     def __init__(self, config: UNetConfig, concat_balance: float = 0.5) -> None:
         super().__init__()
         self.config = config
@@ -303,6 +308,8 @@ class ConditionalUNet(nn.Module):
         emb = mp_silu(self.emb_noise(self.emb_fourier(noise_label(alpha_bar).to(y_t.device))))
         # A constant channel of ones stands in for biases (EDM2).
         x = torch.cat([y_t, cond, torch.ones_like(y_t[:, :1])], dim=1)
+        if self.channels_last:  # weights stay NCHW; the convolutions then run NHWC
+            x = x.contiguous(memory_format=torch.channels_last)
         skips = []
         for layer in self.enc.values():
             x = layer(x, emb) if isinstance(layer, Block) else layer(x)

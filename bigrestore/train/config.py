@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from bigrestore.devices import PRECISIONS
 from bigrestore.diffusion import SAMPLERS, Schedule
 from bigrestore.errors import BadInputError, IncompatibleModelError, MissingInputError, describe
 from bigrestore.model.unet import UNetConfig
@@ -121,6 +122,8 @@ class TrainConfig:
     - ``ema``: decay of an exponential moving average of the weights, with a warm-up (see
       bigrestore.train.loop.ema_decay); 0: none. Validation and export use the average.
     - ``p_low``/``p_high``: percentiles of each plane mapped to -1/+1 (model space).
+    - ``precision``: network arithmetic, see bigrestore.devices.autocast_dtype (auto: bf16
+      autocast on GPUs and on CPUs with native bf16, fp32 master weights; else fp32).
     """
 
     objective: str = "diffusion"
@@ -148,8 +151,11 @@ class TrainConfig:
     p_high: float = 99.8
     time_budget_minutes: float | None = None
     checkpoint_minutes: float = 10.0
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            _fail("precision", " or ".join(PRECISIONS), self.precision)
         if self.objective not in OBJECTIVES:
             _fail("objective", " or ".join(OBJECTIVES), self.objective)
         if self.loss not in LOSSES:

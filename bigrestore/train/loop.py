@@ -3,7 +3,8 @@
 The paper's recipe (Osuna-Vargas et al., WACV 2025): AdamW, cosine annealing of the learning
 rate (here per step, to 0 over the whole run), the DDPM noise-prediction loss (diffusion) or
 an L1/L2 loss of the one-pass prediction (regression baseline), best epoch by validation MAE
-of the sampled prediction. On CUDA the forward runs under bf16 autocast with fp32 master weights.
+of the sampled prediction. Where bf16 is native (GPUs, CPUs with AMX/AVX512-BF16) the forward runs under bf16 autocast
+with fp32 master weights (config ``precision``).
 
 Every random draw of a step (diffusion time t, noise eps, dropout masks) is keyed by
 (seed, step), so a resumed run repeats the uninterrupted one exactly.
@@ -22,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from bigrestore.devices import autocast_dtype
 from bigrestore.diffusion import predict_regression, regression_loss, sample_repeated, training_loss
 from bigrestore.rng import TileKey
 from bigrestore.train.config import TrainConfig
@@ -86,10 +88,9 @@ def update_ema(ema: torch.nn.Module, net: torch.nn.Module, decay: float) -> None
         b_ema.copy_(b)
 
 
-def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    dtype = autocast_dtype(precision, device)
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
 def train_step(
@@ -118,7 +119,7 @@ def train_step(
         torch.random.default_generator.manual_seed(seed)
         for index in devices:
             torch.cuda.default_generators[index].manual_seed(seed)
-        with _autocast(device):
+        with _autocast(device, config.precision):
             if config.objective == "diffusion":
                 generator = torch.Generator(device=device).manual_seed(seed)
                 loss = training_loss(net, cond, target, config.schedule, generator)
@@ -147,7 +148,7 @@ def validate(
     the same noise) for diffusion; the one-pass prediction for regression."""
     was_training = net.training
     net.eval()
-    autocast = torch.bfloat16 if device.type == "cuda" else None
+    autocast = autocast_dtype(config.precision, device)
     chunk = max(config.batch, 16)
     errors = []
     try:
@@ -171,7 +172,7 @@ def validate(
                     clip_x0=config.val_clip_x0,
                 ).mean
             else:
-                with _autocast(device):
+                with _autocast(device, config.precision):
                     pred = predict_regression(net, x)
             errors.append((pred.float() - y).abs().mean(dim=(1, 2, 3)).cpu())
     finally:
