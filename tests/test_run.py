@@ -16,7 +16,12 @@ from bigrestore.api import restore
 from bigrestore.checkpoint import save_model
 from bigrestore.cli import cli
 from bigrestore.devices import native_bf16
-from bigrestore.errors import CannotCreateOutputError, IncompatibleModelError, ResumableInterrupt, UsageError
+from bigrestore.errors import (
+    CannotCreateOutputError,
+    IncompatibleModelError,
+    ResumableInterrupt,
+    UsageError,
+)
 from bigrestore.execute import ClusterSpec
 from bigrestore.io.ome import ImageMeta, open_image, write_image
 from bigrestore.model.unet import ConditionalUNet, UNetConfig
