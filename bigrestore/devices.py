@@ -40,8 +40,9 @@ PRECISIONS = ("auto", "fp32", "bf16")
 
 def native_bf16(device: torch.device) -> bool:
     """True where bf16 convolutions are native and faster than fp32: CUDA GPUs with bf16, and
-    CPUs with AMX or AVX512-BF16 (measured 2.4x faster than fp32 per network call on a
-    Sapphire Rapids core, benchmarks/precision_speed.py). Other CPUs emulate bf16, slower."""
+    CPUs with AMX or AVX512-BF16 (a network call of the bundled model measured 2.2x faster
+    than fp32 on one such core, benchmarks/precision_speed.py). Other CPUs emulate bf16,
+    which is slower than fp32, so auto keeps fp32 there."""
     if device.type == "cuda":
         return bool(torch.cuda.is_bf16_supported())
     if device.type != "cpu" or not torch.backends.mkldnn.is_available():
