@@ -2,8 +2,8 @@
 # Train the two models compared in docs/benchmarks.md on the W2S training split with
 # configs/cpu-small.yaml: (a) the conditional DDPM and (b) the regression (CARE-like) baseline,
 # same U-Net, same config, one after the other, each with all cores (2 torch threads here) and
-# the config's time budget (38 min). Training both at once with one thread each ran at about
-# 20 patches/s each, too slow to finish the preset's 4,500 steps in the budget.
+# the config's time budget (40 min). Training both at once with one thread each ran at about
+# 20 patches/s each (fp32), too slow to finish the preset in the budget.
 # Usage: benchmarks/train_w2s.sh WORKDIR [MINUTES] [OBJECTIVES]   (OBJECTIVES default: "diffusion regression")
 set -euo pipefail
 work=${1:?usage: benchmarks/train_w2s.sh WORKDIR [MINUTES] [OBJECTIVES]}
