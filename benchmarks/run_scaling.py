@@ -354,6 +354,7 @@ def table(result: dict[str, Any]) -> str:
         "",
         f"Settings: model {s['model']} (base {s['base_channels']} ch, mult {s['channel_mult']}), "
         f"{s['sampler']} {s['samples']} samples x {s['steps']} steps, batch {s['batch']}, "
+        f"precision {s['precision']}, "
         f"tile {s['tile']} overlap {s['overlap']}, chunk/block {s['chunk']}; 1x {s['shape_1x']} "
         f"({cost['1x']['blocks']} blocks, {cost['1x']['tiles_computed']} tiles), 16x {s['shape_16x']} "
         f"({cost['16x']['blocks']} blocks, {cost['16x']['tiles_computed']} tiles); memory runs "
@@ -399,6 +400,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--sampler", default="ddim")
     p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                   help="network arithmetic, for the model timing and the runs alike")
     p.add_argument("--chunk", type=int, default=256, help="output chunk = block side")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--memory-steps", type=int, default=1)
@@ -430,6 +433,7 @@ def main(argv: list[str] | None = None) -> int:
         steps=args.steps,
         batch=args.batch,
         chunk=args.chunk,
+        precision=args.precision,
     ).resolved(unet.train_resolution)
     schedule = Schedule.from_dict(spec["schedule"])
     norm = spec.get("normalization", {})
