@@ -20,7 +20,7 @@ import numpy as np
 import zarr
 
 from bigrestore import __version__
-from bigrestore.devices import PRECISIONS
+from bigrestore.devices import check_precision
 from bigrestore.diffusion import Schedule, check_sampler
 from bigrestore.errors import (
     BadInputError,
@@ -217,8 +217,7 @@ def restore(
     # the workers' sampler checks, here before any write (a model without a schedule: the default)
     check_sampler(Schedule.from_dict(spec.get("schedule", {})), settings.sampler, settings.steps,
                   settings.eta, settings.spacing, where="run settings")
-    if settings.precision not in PRECISIONS:
-        raise UsageError(describe("run settings", "precision", ", ".join(PRECISIONS), settings.precision))
+    check_precision(settings.precision, where="run settings")
     selected = _select_channels(image, channels)
     if unet.cond_channels == 1:
         groups = [((c,), (i,)) for i, c in enumerate(selected)]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from bigrestore.errors import UsageError, describe
@@ -51,13 +53,23 @@ def native_bf16(device: torch.device) -> bool:
     return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
 
 
+def check_precision(precision: str, where: str = "--precision") -> None:
+    """UsageError unless ``precision`` is one of PRECISIONS."""
+    if precision not in PRECISIONS:
+        raise UsageError(describe(where, "precision", ", ".join(PRECISIONS), precision))
+
+
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype of network calls for ``precision`` on ``device`` (None = fp32).
 
     The sampler's and the optimiser's arithmetic stay fp32 either way; only the network's
     convolutions and matrix products drop to bf16."""
-    if precision not in PRECISIONS:
-        raise UsageError(describe("--precision", "precision", ", ".join(PRECISIONS), precision))
+    check_precision(precision)
     if precision == "fp32" or (precision == "auto" and not native_bf16(device)):
         return None
     return torch.bfloat16
+
+
+def network_autocast(device_type: str, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` to ``dtype`` for network calls on ``device_type``; no context for None."""
+    return torch.autocast(device_type, dtype=dtype) if dtype is not None else contextlib.nullcontext()

@@ -13,7 +13,6 @@ samples do not depend on which other tiles share its batch.
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from bigrestore.devices import network_autocast
 from bigrestore.errors import BadInputError, IncompatibleModelError, describe
 from bigrestore.rng import NoiseStream, TileKey, batched_noise
 
@@ -295,12 +295,7 @@ def _network_eps(net: EpsModel, cond: torch.Tensor, autocast_dtype: torch.dtype 
 
     def eps_fn(y: torch.Tensor, ab: float) -> torch.Tensor:
         ab_t = torch.full((y.shape[0],), float(ab), dtype=torch.float32, device=y.device)
-        ctx = (
-            torch.autocast(y.device.type, dtype=autocast_dtype)
-            if autocast_dtype is not None
-            else contextlib.nullcontext()
-        )
-        with ctx:
+        with network_autocast(y.device.type, autocast_dtype):
             out = net(cond, y, ab_t)
         return out.float()
 

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import zarr
 
-from bigrestore.devices import autocast_dtype, pick_device
+from bigrestore.devices import autocast_dtype, network_autocast, pick_device
 from bigrestore.diffusion import Schedule, predict_regression, sample_repeated
 from bigrestore.normalize import Stats, from_model, std_from_model, to_model
 from bigrestore.rng import TileKey
@@ -229,17 +229,14 @@ def compute_block(job: RunJob, task: BlockTask, net: torch.nn.Module, device: to
     done = zarr.open_array(str(root / "done"), mode="r+")
     done[task.done_index] = 1
     return {"block": task.name, "tiles": len(origins), "clipped": clipped,
-            "seconds": time.perf_counter() - started}
+            "precision": "fp32" if autocast is None else "bf16", "seconds": time.perf_counter() - started}
 
 
 def _regression(net: torch.nn.Module, cond: torch.Tensor, batch: int, autocast: torch.dtype | None) -> torch.Tensor:
     outputs = []
     for start in range(0, cond.shape[0], batch):
         part = cond[start : start + batch]
-        if autocast is not None:
-            with torch.autocast(part.device.type, dtype=autocast):
-                outputs.append(predict_regression(net, part).float())
-        else:
+        with network_autocast(part.device.type, autocast):
             outputs.append(predict_regression(net, part).float())
     return torch.cat(outputs)
 
@@ -252,5 +249,4 @@ def run_block(job: RunJob, task: BlockTask) -> dict[str, Any]:
     net, _ = load_cached_model(job.model_path, job.model_sha256, device)
     record = compute_block(job, task, net, device)
     record["device"] = str(device)
-    record["precision"] = "bf16" if autocast_dtype(job.settings.precision, device) else "fp32"
     return record

@@ -12,7 +12,6 @@ Every random draw of a step (diffusion time t, noise eps, dropout masks) is keye
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import csv
 import logging
@@ -23,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bigrestore.devices import autocast_dtype
+from bigrestore.devices import autocast_dtype, network_autocast
 from bigrestore.diffusion import predict_regression, regression_loss, sample_repeated, training_loss
 from bigrestore.rng import TileKey
 from bigrestore.train.config import TrainConfig
@@ -88,11 +87,6 @@ def update_ema(ema: torch.nn.Module, net: torch.nn.Module, decay: float) -> None
         b_ema.copy_(b)
 
 
-def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    dtype = autocast_dtype(precision, device)
-    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
-
-
 def train_step(
     net: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -119,7 +113,7 @@ def train_step(
         torch.random.default_generator.manual_seed(seed)
         for index in devices:
             torch.cuda.default_generators[index].manual_seed(seed)
-        with _autocast(device, config.precision):
+        with network_autocast(device.type, autocast_dtype(config.precision, device)):
             if config.objective == "diffusion":
                 generator = torch.Generator(device=device).manual_seed(seed)
                 loss = training_loss(net, cond, target, config.schedule, generator)
@@ -172,7 +166,7 @@ def validate(
                     clip_x0=config.val_clip_x0,
                 ).mean
             else:
-                with _autocast(device, config.precision):
+                with network_autocast(device.type, autocast):
                     pred = predict_regression(net, x)
             errors.append((pred.float() - y).abs().mean(dim=(1, 2, 3)).cpu())
     finally:
