@@ -14,7 +14,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from bigrestore.checkpoint import CORE_KEYS, load_model, save_model, sha256_file
+from bigrestore.model.files import CORE_KEYS, load_model, save_model, sha256_file
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bigrestore" / "data" / "model"
 

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import torch
 
-from bigrestore.api import bundled_model_path
-from bigrestore.checkpoint import load_model
 from bigrestore.devices import native_bf16
+from bigrestore.model.files import load_model
+from bigrestore.run.restore import bundled_model_path
 
 VARIANTS = [("fp32", "nchw"), ("fp32", "nhwc"), ("bf16", "nchw"), ("bf16", "nhwc")]
 

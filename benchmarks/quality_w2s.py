@@ -26,12 +26,12 @@ import numpy as np
 import tifffile
 import torch
 
-from bigrestore.api import restore
-from bigrestore.checkpoint import load_model
-from bigrestore.evaluate import evaluate
-from bigrestore.execute import ClusterSpec
+from bigrestore.evaluate.scoring import evaluate
 from bigrestore.io.ome import ImageMeta, write_image
-from bigrestore.restore import RestoreSettings
+from bigrestore.model.files import load_model
+from bigrestore.run.block import RestoreSettings
+from bigrestore.run.cluster import ClusterSpec
+from bigrestore.run.restore import restore
 
 CROP = 256
 METRICS = ("mae", "psnr", "nrmse", "pearson", "ms_ssim", "resolution_ratio")

@@ -17,7 +17,7 @@ average says the machine is busy). ``--two-threads`` adds the model and a 1-work
 * ``model``: the pure in-process model time, ``sample_repeated`` called directly in this
   process on exactly the tiles (and keys, batch and sampler settings) that ``run`` computes,
   block by block, with the same torch thread count; tile preparation is not timed.
-* ``restore``: wall time of ``bigrestore.api.restore`` (LocalCluster, real Dask path), from
+* ``restore``: wall time of ``bigrestore.run.restore.restore`` (LocalCluster, real Dask path), from
   the call to its return: input statistics, cluster start, blocks, pyramids, metadata.
 * peak RSS of every Dask worker process (kernel high-water mark VmHWM, cross-checked by
   sampling RSS every 50 ms), for the 1x and the 16x input at 2 workers x 1 thread. These two
@@ -48,16 +48,16 @@ import numpy as np
 import psutil
 import torch
 
-from bigrestore.api import bundled_model_path, input_statistics, restore
-from bigrestore.checkpoint import load_model
 from bigrestore.devices import autocast_dtype
-from bigrestore.diffusion import Schedule, sample_repeated
-from bigrestore.execute import ClusterSpec
+from bigrestore.diffusion.core import Schedule, sample_repeated
+from bigrestore.diffusion.noise import TileKey
+from bigrestore.intensity import P_HIGH, P_LOW, to_model
 from bigrestore.io.ome import default_meta, open_image, write_image
-from bigrestore.normalize import P_HIGH, P_LOW, to_model
-from bigrestore.restore import RestoreSettings
-from bigrestore.rng import TileKey
-from bigrestore.tiling import TileGrid, block_read_region, cut_tiles, pad_region, plan_blocks
+from bigrestore.model.files import load_model
+from bigrestore.run.block import RestoreSettings
+from bigrestore.run.cluster import ClusterSpec
+from bigrestore.run.restore import bundled_model_path, input_statistics, restore
+from bigrestore.run.tiling import TileGrid, block_read_region, cut_tiles, pad_region, plan_blocks
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "w2s" / "val_low.tif"
 

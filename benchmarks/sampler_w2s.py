@@ -22,11 +22,11 @@ import tifffile
 import torch
 from scipy.ndimage import gaussian_filter
 
-from bigrestore.checkpoint import load_model
 from bigrestore.devices import autocast_dtype
-from bigrestore.diffusion import Schedule, sample_repeated
-from bigrestore.normalize import percentile_stats, to_model
-from bigrestore.rng import TileKey
+from bigrestore.diffusion.core import Schedule, sample_repeated
+from bigrestore.diffusion.noise import TileKey
+from bigrestore.intensity import percentile_stats, to_model
+from bigrestore.model.files import load_model
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "w2s"
 

@@ -5,7 +5,7 @@
 Why: every tile's border pixels see the U-Net's zero padding instead of image; the default tile
 (twice the model's training patch) was chosen on this measurement. Input: the centred 256²
 crops of the first --fields W2S validation fields (3 channels each) in one TCYX store, as in
-quality_w2s.py; each variant is restored with `bigrestore.api.restore` (2 workers x 1 thread,
+quality_w2s.py; each variant is restored with `bigrestore.run.restore.restore` (2 workers x 1 thread,
 the run defaults otherwise), and scored as `bigrestore evaluate` does (each plane
 percentile-normalised, PSNR on [0, 1], median over planes). Seconds are the blocks' wall time.
 """
@@ -25,10 +25,10 @@ import zarr
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quality_w2s import centre_crops, save  # noqa: E402
 
-from bigrestore.api import bundled_model_path, restore  # noqa: E402
-from bigrestore.execute import ClusterSpec  # noqa: E402
-from bigrestore.metrics import normalize_percentile, psnr  # noqa: E402
-from bigrestore.restore import RestoreSettings  # noqa: E402
+from bigrestore.evaluate.metrics import normalize_percentile, psnr  # noqa: E402
+from bigrestore.run.block import RestoreSettings  # noqa: E402
+from bigrestore.run.cluster import ClusterSpec  # noqa: E402
+from bigrestore.run.restore import bundled_model_path, restore  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "w2s"
 

@@ -211,9 +211,9 @@ def run(input_path: Path, output: Path | None, model: Path | None, samples: int,
     """
     from tqdm import tqdm
 
-    from bigrestore.api import restore
-    from bigrestore.execute import ClusterSpec
-    from bigrestore.restore import RestoreSettings
+    from bigrestore.run.block import RestoreSettings
+    from bigrestore.run.cluster import ClusterSpec
+    from bigrestore.run.restore import restore
 
     if gpus and scheduler:
         raise click.UsageError("--gpus and --scheduler exclude each other")

@@ -109,14 +109,14 @@ def test_corrupted_chunk_is_refused_before_writing(inputs, tmp_path):
 
 def test_block_failure_on_a_worker_is_an_io_error(inputs, tmp_path):
     """Corruption only level 0 shows (statistics come from elsewhere) fails the block: exit 74."""
-    from bigrestore.api import restore as run_restore
+    from bigrestore.run.restore import restore as run_restore
 
     out = tmp_path / "o.zarr"
     model = tiny_model(tmp_path / "m")
     run_restore(inputs / "good.zarr", out, model=model, settings=SETTINGS)  # a valid run first
     chunk = next(p for p in (inputs / "good.zarr" / "0").rglob("*") if p.is_file() and p.name != "zarr.json")
     chunk.write_bytes(b"\x00garbage" * 7)
-    import bigrestore.api as api
+    import bigrestore.run.restore as api
 
     original = api.input_statistics
     api.input_statistics = lambda image, channels, lo, hi: {c: api.Stats(0.0, 1.0) for c in channels}
@@ -154,14 +154,14 @@ else:
     print(json.dumps({"writable": True}))
     sys.exit(0)
 from click.testing import CliRunner
-import bigrestore.api, bigrestore.train.api
+import bigrestore.run.restore, bigrestore.train.trainer
 from bigrestore.cli import cli
 
 def tripwire(*args, **kwargs):
     raise AssertionError("computed before the output was refused")
 
-bigrestore.api.input_statistics = tripwire
-bigrestore.train.api.target_statistics = tripwire
+bigrestore.run.restore.input_statistics = tripwire
+bigrestore.train.trainer.target_statistics = tripwire
 results = []
 for args in cases["commands"]:
     result = CliRunner().invoke(cli, args)

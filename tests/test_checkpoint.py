@@ -11,13 +11,13 @@ import pytest
 import torch
 
 import bigrestore
-from bigrestore.checkpoint import load_model, model_hash, save_model
 from bigrestore.errors import (
     BadInputError,
     CannotCreateOutputError,
     IncompatibleModelError,
     MissingInputError,
 )
+from bigrestore.model.files import load_model, model_hash, save_model
 from bigrestore.model.unet import ConditionalUNet, UNetConfig
 
 SPEC = {

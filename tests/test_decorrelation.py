@@ -21,8 +21,8 @@ import pytest
 import tifffile
 from scipy import ndimage
 
-from bigrestore.decorrelation import apodize, decorrelation_resolution
 from bigrestore.errors import BadInputError
+from bigrestore.evaluate.decorrelation import apodize, decorrelation_resolution
 
 W2S = Path(__file__).resolve().parents[2] / "shared" / "data" / "w2s"
 CROP = np.s_[128:384, 128:384]  # 256^2 centre crops keep the tests fast

@@ -7,9 +7,9 @@ import json
 from click.testing import CliRunner
 from conftest import validate_ngff
 
-from bigrestore.api import bundled_model_path
-from bigrestore.checkpoint import load_model
 from bigrestore.cli import cli
+from bigrestore.model.files import load_model
+from bigrestore.run.restore import bundled_model_path
 
 
 def test_bundled_model_loads_and_has_a_card():

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from bigrestore.diffusion import (
+from bigrestore.diffusion.core import (
     SAMPLERS,
     CountingNet,
     Schedule,
@@ -31,8 +31,8 @@ from bigrestore.diffusion import (
     timesteps,
     training_loss,
 )
+from bigrestore.diffusion.noise import NoiseStream, TileKey
 from bigrestore.errors import BadInputError, IncompatibleModelError
-from bigrestore.rng import NoiseStream, TileKey
 
 S = 0.3  # prior std of y0 around mu = cond
 
@@ -385,7 +385,7 @@ def test_tile_is_bit_identical_in_another_process(tmp_path: Path) -> None:
     script = tmp_path / "child.py"
     script.write_text(
         "import importlib.util, sys, numpy as np, torch\n"
-        "from bigrestore.diffusion import Schedule, sample_repeated\n"
+        "from bigrestore.diffusion.core import Schedule, sample_repeated\n"
         f"spec = importlib.util.spec_from_file_location('td', {str(Path(__file__))!r})\n"
         "td = importlib.util.module_from_spec(spec); spec.loader.exec_module(td)\n"
         "out = sample_repeated(td.GaussianEps(), td._cond(3, 12), td._keys(3), 3, Schedule(T=40),\n"

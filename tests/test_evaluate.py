@@ -14,10 +14,10 @@ from conftest import data_path
 
 from bigrestore.cli import cli
 from bigrestore.errors import BadInputError, MissingInputError, UsageError
-from bigrestore.eval_inputs import load_stack
-from bigrestore.evaluate import SIGMA_GRID, evaluate
+from bigrestore.evaluate.pairing import load_stack
+from bigrestore.evaluate.report import read_training_log
+from bigrestore.evaluate.scoring import SIGMA_GRID, evaluate
 from bigrestore.io.ome import ImageMeta, write_image
-from bigrestore.report import read_training_log
 
 PIXEL = 0.1  # micrometer, an arbitrary physical scale written into the test stores
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 from test_run import SETTINGS, tiny_model
 
-from bigrestore.api import restore
-from bigrestore.execute import ClusterSpec
 from bigrestore.io.ome import ImageMeta, open_image, write_image
+from bigrestore.run.cluster import ClusterSpec
+from bigrestore.run.restore import restore
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

@@ -16,7 +16,7 @@ import pytest
 import tifffile
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from bigrestore import metrics
+from bigrestore.evaluate import metrics
 from bigrestore.errors import BadInputError
 
 W2S = Path(__file__).resolve().parents[2] / "shared" / "data" / "w2s"

@@ -10,12 +10,12 @@ import tifffile
 import torch
 from conftest import data_path
 
-from bigrestore.checkpoint import load_model, save_model
-from bigrestore.diffusion import Schedule, sample_repeated, training_loss
+from bigrestore.diffusion.core import Schedule, sample_repeated, training_loss
+from bigrestore.diffusion.noise import TileKey
 from bigrestore.errors import IncompatibleModelError
+from bigrestore.intensity import percentile_stats, to_model
+from bigrestore.model.files import load_model, save_model
 from bigrestore.model.unet import ConditionalUNet, UNetConfig
-from bigrestore.normalize import percentile_stats, to_model
-from bigrestore.rng import TileKey
 
 
 def w2s_pairs(n: int = 4, size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:

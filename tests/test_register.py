@@ -16,7 +16,7 @@ import tifffile
 from scipy import ndimage as ndi
 
 from bigrestore.errors import BadInputError, UsageError
-from bigrestore.register import (
+from bigrestore.register.rigid import (
     alignment_score,
     apply_padding_mask,
     apply_rigid,

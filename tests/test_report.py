@@ -14,10 +14,10 @@ import tifffile
 from conftest import data_path
 
 from bigrestore.errors import CannotCreateOutputError
-from bigrestore.evaluate import evaluate
-from bigrestore.figures import DIVERGING, INFERNO_LIKE, colorize, line_chart, png_bytes
+from bigrestore.evaluate.figures import DIVERGING, INFERNO_LIKE, colorize, line_chart, png_bytes
+from bigrestore.evaluate.report import prepare_report_dir
+from bigrestore.evaluate.scoring import evaluate
 from bigrestore.io.ome import ImageMeta, write_image
-from bigrestore.report import prepare_report_dir
 
 
 def _decode_png(data: bytes) -> np.ndarray:

@@ -10,8 +10,8 @@ import pytest
 import torch
 from scipy import stats
 
+from bigrestore.diffusion.noise import NoiseStream, TileKey, batched_noise
 from bigrestore.errors import BadInputError
-from bigrestore.rng import NoiseStream, TileKey, batched_noise
 
 KEY = TileKey(seed=7, t=2, c=1, z=3, tile_y=256, tile_x=-128)
 
@@ -89,7 +89,7 @@ def test_bad_keys_are_refused(key: tuple, sample: int) -> None:
 
 def test_same_values_in_another_process() -> None:
     code = (
-        "import sys; from bigrestore.rng import NoiseStream, TileKey\n"
+        "import sys; from bigrestore.diffusion.noise import NoiseStream, TileKey\n"
         f"s = NoiseStream(TileKey(*{tuple(KEY)!r}), 3); s.normal((5,))\n"
         "sys.stdout.write(s.normal((4, 7)).tobytes().hex())\n"
     )

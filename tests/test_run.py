@@ -12,8 +12,6 @@ import zarr
 from click.testing import CliRunner
 from conftest import data_path, read_with_ome_zarr_py, validate_ngff
 
-from bigrestore.api import restore
-from bigrestore.checkpoint import save_model
 from bigrestore.cli import cli
 from bigrestore.devices import native_bf16
 from bigrestore.errors import (
@@ -22,10 +20,12 @@ from bigrestore.errors import (
     ResumableInterrupt,
     UsageError,
 )
-from bigrestore.execute import ClusterSpec
 from bigrestore.io.ome import ImageMeta, open_image, write_image
+from bigrestore.model.files import save_model
 from bigrestore.model.unet import ConditionalUNet, UNetConfig
-from bigrestore.restore import RestoreSettings
+from bigrestore.run.block import RestoreSettings
+from bigrestore.run.cluster import ClusterSpec
+from bigrestore.run.restore import restore
 
 SETTINGS = RestoreSettings(samples=2, sampler="ddim", steps=2, tile=32, overlap=8, batch=4, chunk=48)
 
@@ -189,7 +189,7 @@ def _worker_environment():
 
 
 def test_workers_start_without_dask_malloc_trim_setting():
-    from bigrestore.execute import open_client
+    from bigrestore.run.cluster import open_client
 
     with open_client(ClusterSpec(workers=1)) as client:
         [(trim, omp, _)] = client.run(_worker_environment).values()
@@ -197,7 +197,7 @@ def test_workers_start_without_dask_malloc_trim_setting():
 
 
 def test_gpu_request_without_gpu_falls_back_to_one_cpu_worker_each():
-    from bigrestore.execute import open_client, worker_count
+    from bigrestore.run.cluster import open_client, worker_count
 
     if torch.cuda.is_available():
         pytest.skip("this checks the CPU fallback")

@@ -28,12 +28,12 @@ from click.testing import CliRunner
 from conftest import data_path
 from test_run import tiny_model
 
-from bigrestore.api import bundled_model_path, restore
 from bigrestore.cli import cli
-from bigrestore.execute import ClusterSpec
 from bigrestore.io.ome import ImageMeta, open_image, write_image
-from bigrestore.restore import RestoreSettings
-from bigrestore.tiling import TileGrid
+from bigrestore.run.block import RestoreSettings
+from bigrestore.run.cluster import ClusterSpec
+from bigrestore.run.restore import bundled_model_path, restore
+from bigrestore.run.tiling import TileGrid
 
 #: Many small blocks (2 planes x 6 x 6 of 16 px), so a kill can land part-way through a run.
 SETTINGS = RestoreSettings(

@@ -1,4 +1,4 @@
-"""Invariants of the tile grid, blocks and blend windows (bigrestore.tiling), on tiny arrays."""
+"""Invariants of the tile grid, blocks and blend windows (bigrestore.run.tiling), on tiny arrays."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bigrestore import tiling
+from bigrestore.run import tiling
 from bigrestore.errors import BadInputError
-from bigrestore.tiling import (
+from bigrestore.run.tiling import (
     Block,
     TileGrid,
     axis_origins,

@@ -13,12 +13,12 @@ import torch
 from click.testing import CliRunner
 from conftest import data_path
 
-from bigrestore.checkpoint import load_model
 from bigrestore.cli import cli
 from bigrestore.errors import CannotCreateOutputError, IncompatibleModelError, ResumableInterrupt
 from bigrestore.io.ome import default_meta, write_image
+from bigrestore.model.files import load_model
 from bigrestore.train import TrainConfig, train
-from bigrestore.train.outputs import checkpoint_config
+from bigrestore.train.directory import checkpoint_config
 
 TINY = {
     "model": {
@@ -119,10 +119,10 @@ def test_diffusion_loss_falls_and_the_model_file_restores(w2s, tmp_path):
     )
     assert net.config.train_resolution == 32
 
-    from bigrestore.api import restore
-    from bigrestore.execute import ClusterSpec
     from bigrestore.io.ome import open_image
-    from bigrestore.restore import RestoreSettings
+    from bigrestore.run.block import RestoreSettings
+    from bigrestore.run.cluster import ClusterSpec
+    from bigrestore.run.restore import restore
 
     image = tmp_path / "image.zarr"
     write_image(

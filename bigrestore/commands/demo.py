@@ -42,12 +42,12 @@ def command(out: Path, samples: int, steps: int, sampler: str, workers: int, gpu
     """
     from tqdm import tqdm
 
-    from bigrestore.api import bundled_model_path, restore
     from bigrestore.commands.evaluate import format_table
-    from bigrestore.evaluate import evaluate
-    from bigrestore.execute import ClusterSpec
+    from bigrestore.evaluate.scoring import evaluate
     from bigrestore.io.convert import convert_tiff
-    from bigrestore.restore import RestoreSettings
+    from bigrestore.run.block import RestoreSettings
+    from bigrestore.run.cluster import ClusterSpec
+    from bigrestore.run.restore import bundled_model_path, restore
 
     model = bundled_model_path()
     if not (model / "model.json").exists():

@@ -12,8 +12,8 @@ from pathlib import Path
 import click
 
 from bigrestore.errors import UsageError
-from bigrestore.eval_inputs import NORMALIZE
-from bigrestore.evaluate import EvaluationResult, evaluate
+from bigrestore.evaluate.pairing import NORMALIZE
+from bigrestore.evaluate.scoring import EvaluationResult, evaluate
 from bigrestore.io.ome import check_output
 
 _COLUMNS = ("mae", "psnr", "nrmse", "pearson", "ssim", "ms_ssim", "resolution_ratio")

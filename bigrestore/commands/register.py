@@ -36,7 +36,7 @@ def command(low: Path, high: Path, output: Path, masked_high: Path | None, mode:
       bigrestore register low.zarr high.zarr -o low_registered.zarr --masked-high high_masked.zarr
     """
     from bigrestore.io.ome import open_image, prepare_output, write_image
-    from bigrestore.register import apply_padding_mask, register_stack
+    from bigrestore.register.rigid import apply_padding_mask, register_stack
 
     moving_image, fixed_image = open_image(low), open_image(high)
     if moving_image.data.shape != fixed_image.data.shape:

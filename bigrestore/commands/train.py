@@ -107,7 +107,7 @@ def command(
 
     from bigrestore.train import train
     from bigrestore.train.config import load_config
-    from bigrestore.train.outputs import checkpoint_config
+    from bigrestore.train.directory import checkpoint_config
 
     if len(lows) != len(highs):
         raise click.UsageError(

@@ -3,7 +3,7 @@
 Public API: :func:`train` (``bigrestore train``), :class:`TrainConfig` and :func:`load_config`.
 """
 
-from bigrestore.train.api import TrainResult, train
 from bigrestore.train.config import TrainConfig, load_config
+from bigrestore.train.trainer import TrainResult, train
 
 __all__ = ["TrainConfig", "TrainResult", "load_config", "train"]

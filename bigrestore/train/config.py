@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from bigrestore.devices import PRECISIONS
-from bigrestore.diffusion import SAMPLERS, Schedule
+from bigrestore.diffusion.core import SAMPLERS, Schedule
 from bigrestore.errors import BadInputError, IncompatibleModelError, MissingInputError, describe
 from bigrestore.model.unet import UNetConfig
 

@@ -23,8 +23,13 @@ import numpy as np
 import torch
 
 from bigrestore.devices import autocast_dtype, network_autocast
-from bigrestore.diffusion import predict_regression, regression_loss, sample_repeated, training_loss
-from bigrestore.rng import TileKey
+from bigrestore.diffusion.core import (
+    predict_regression,
+    regression_loss,
+    sample_repeated,
+    training_loss,
+)
+from bigrestore.diffusion.noise import TileKey
 from bigrestore.train.config import TrainConfig
 
 log = logging.getLogger(__name__)

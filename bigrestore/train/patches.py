@@ -24,7 +24,7 @@ import zarr
 from torch.utils.data import IterableDataset, get_worker_info
 
 from bigrestore.errors import BadInputError, describe
-from bigrestore.normalize import Stats, percentile_stats, to_model
+from bigrestore.intensity import Stats, percentile_stats, to_model
 from bigrestore.train.augment import augment_pair
 from bigrestore.train.config import AugmentSettings
 from bigrestore.train.stores import Plane, Source, StorePair

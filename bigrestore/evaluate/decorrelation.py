@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import BadInputError, describe
+from bigrestore.errors import BadInputError, describe
 
 logger = logging.getLogger(__name__)
 

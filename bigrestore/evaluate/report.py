@@ -3,7 +3,7 @@
 The page shows the metric table (best median per metric starred), the settings, one section
 per region (intensities, pred - GT difference maps, a line profile, the std / entropy
 uncertainty maps), the samples curve (the paper's Fig. S1) and the training curves. Pictures
-come from :mod:`bigrestore.figures`; the page is static: no scripts, no network.
+come from :mod:`bigrestore.evaluate.figures`; the page is static: no scripts, no network.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bigrestore.errors import BadInputError, CannotCreateOutputError, MissingInputError, describe
-from bigrestore.figures import RegionFigure, fmt_number, html_row, line_chart, region_html
+from bigrestore.evaluate.figures import RegionFigure, fmt_number, html_row, line_chart, region_html
 
 _ARROWS = {
     "psnr": "↑",

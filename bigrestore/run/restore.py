@@ -21,7 +21,7 @@ import zarr
 
 from bigrestore import __version__
 from bigrestore.devices import check_precision
-from bigrestore.diffusion import Schedule, check_sampler
+from bigrestore.diffusion.core import Schedule, check_sampler
 from bigrestore.errors import (
     BadInputError,
     BigrestoreError,
@@ -33,7 +33,7 @@ from bigrestore.errors import (
     UsageError,
     describe,
 )
-from bigrestore.execute import ClusterSpec, open_client, run_tasks
+from bigrestore.intensity import P_HIGH, P_LOW, Stats, percentile_stats
 from bigrestore.io.ome import (
     PYRAMID_MIN_SIDE,
     ImageMeta,
@@ -44,8 +44,7 @@ from bigrestore.io.ome import (
     open_image,
     prepare_output,
 )
-from bigrestore.normalize import P_HIGH, P_LOW, Stats, percentile_stats
-from bigrestore.restore import (
+from bigrestore.run.block import (
     OUTPUT_DTYPES,
     OUTPUTS,
     BlockTask,
@@ -54,7 +53,8 @@ from bigrestore.restore import (
     run_block,
     sample_name,
 )
-from bigrestore.tiling import TileGrid, plan_blocks
+from bigrestore.run.cluster import ClusterSpec, open_client, run_tasks
+from bigrestore.run.tiling import TileGrid, plan_blocks
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +182,7 @@ def restore(
     ``progress(record, done, total)`` is called after every block (the CLI draws a bar with it).
     Raises typed errors (see bigrestore.errors) before any write when the input is bad.
     """
-    from bigrestore.checkpoint import load_model
+    from bigrestore.model.files import load_model
 
     settings = settings or RestoreSettings()
     cluster = cluster or ClusterSpec()

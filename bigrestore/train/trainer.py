@@ -25,7 +25,6 @@ import torch
 from torch.utils.data import DataLoader
 
 from bigrestore import __version__
-from bigrestore.checkpoint import load_model, save_model
 from bigrestore.devices import pick_device
 from bigrestore.errors import (
     IncompatibleModelError,
@@ -34,8 +33,9 @@ from bigrestore.errors import (
     UsageError,
     describe,
 )
+from bigrestore.model.files import load_model, save_model
 from bigrestore.model.unet import ConditionalUNet
-from bigrestore.train import loop, outputs, state
+from bigrestore.train import checkpoint, directory, loop
 from bigrestore.train.config import TrainConfig
 from bigrestore.train.patches import PatchBatches, PatchReader, fixed_patches, target_statistics
 from bigrestore.train.stores import make_sources, open_pair
@@ -105,19 +105,19 @@ def train(
         raise UsageError("give at least one --low/--high pair")
     record: dict[str, Any] | None = None
     if resume:
-        if not state.has_state(ckpt_dir):
+        if not checkpoint.has_state(ckpt_dir):
             raise MissingInputError(
                 describe(out_dir, "--resume", "a training directory with a checkpoint", "none")
             )
-        record = state.read_record(ckpt_dir)
-        config = outputs.resumed_config(record, config, ckpt_dir)
+        record = checkpoint.read_record(ckpt_dir)
+        config = directory.resumed_config(record, config, ckpt_dir)
     if config is None:
         raise UsageError("a training config is required (--config)")
-    outputs.check_output(out_dir, overwrite, resume)  # before reading any data; changes nothing
+    directory.check_output(out_dir, overwrite, resume)  # before reading any data; changes nothing
 
     train_pairs = [open_pair(low, high, channels) for low, high in pairs]
     held_pairs = [open_pair(low, high, channels) for low, high in val_pairs] if val_pairs else None
-    data = outputs.data_record(train_pairs, held_pairs, config)
+    data = directory.data_record(train_pairs, held_pairs, config)
     if record is not None and record.get("data") != data:
         raise IncompatibleModelError(
             describe(ckpt_dir, "--resume data", "the stores and channels of the run", "others")
@@ -140,7 +140,7 @@ def train(
     # Reference: the raw condition scored like a prediction (what "no model" would get).
     input_mae = float(abs(val_cond - val_target).mean()) if val_cond is not None else None
     if not resume:
-        outputs.prepare_output(out_dir, overwrite)
+        directory.prepare_output(out_dir, overwrite)
 
     with torch.random.fork_rng(devices=[]):  # seeded initialisation, global RNG left untouched
         torch.random.default_generator.manual_seed(config.seed)
@@ -150,12 +150,12 @@ def train(
     optimizer, scheduler = loop.make_optimizer(net, config)
     run = _RunState()
     if resume:
-        saved = state.load_state(ckpt_dir, net, ema, optimizer, scheduler)
+        saved = checkpoint.load_state(ckpt_dir, net, ema, optimizer, scheduler)
         run = _RunState(**saved["run"])
     metrics = loop.MetricsLog(out_dir, run.step if resume else None)
     emit = progress or (lambda record: None)
 
-    hardware = outputs.hardware(dev)
+    hardware = directory.hardware(dev)
 
     def provenance() -> dict[str, Any]:
         return {
@@ -167,7 +167,7 @@ def train(
             "best_epoch": run.best_epoch,
             "best_step": run.best_step,
             "best_val_mae": run.best_val_mae,
-            "val_metric": outputs.val_metric(config, bool(val_sources)),
+            "val_metric": directory.val_metric(config, bool(val_sources)),
             "val_input_mae": input_mae,
             "validation_curve": run.history,
             "wall_seconds": round(run.wall_seconds, 3),
@@ -177,8 +177,8 @@ def train(
             "written": datetime.now(UTC).isoformat(timespec="seconds"),
         }
 
-    def checkpoint() -> None:
-        state.save_state(
+    def save_checkpoint() -> None:
+        checkpoint.save_state(
             ckpt_dir,
             net,
             ema,
@@ -234,9 +234,9 @@ def train(
         run.history.append(entry)
         run.loss_sum, run.loss_count = 0.0, 0
         if best:
-            save_model(out_dir, eval_net, outputs.model_spec(config, target, provenance()))
+            save_model(out_dir, eval_net, directory.model_spec(config, target, provenance()))
         metrics.epoch(entry)
-        checkpoint()
+        save_checkpoint()
         emit({"kind": "epoch", **entry})
 
     emit(
@@ -307,7 +307,7 @@ def train(
                     break
             elif now - last_checkpoint > config.checkpoint_minutes * 60:
                 run.wall_seconds = wall_before + now - started
-                checkpoint()
+                save_checkpoint()
                 last_checkpoint = now
     except KeyboardInterrupt as err:
         raise ResumableInterrupt(
@@ -319,7 +319,7 @@ def train(
     run.wall_seconds = wall_before + time.monotonic() - started
 
     best_net, _ = load_model(out_dir, device="cpu")  # re-export the best with the full provenance
-    model_hash = save_model(out_dir, best_net, outputs.model_spec(config, target, provenance()))
+    model_hash = save_model(out_dir, best_net, directory.model_spec(config, target, provenance()))
     return TrainResult(
         out_dir=out_dir,
         model_hash=model_hash,

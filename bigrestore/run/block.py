@@ -19,10 +19,17 @@ import torch
 import zarr
 
 from bigrestore.devices import autocast_dtype, network_autocast, pick_device
-from bigrestore.diffusion import Schedule, predict_regression, sample_repeated
-from bigrestore.normalize import Stats, from_model, std_from_model, to_model
-from bigrestore.rng import TileKey
-from bigrestore.tiling import Block, TileGrid, blend_tiles, block_read_region, cut_tiles, pad_region
+from bigrestore.diffusion.core import Schedule, predict_regression, sample_repeated
+from bigrestore.diffusion.noise import TileKey
+from bigrestore.intensity import Stats, from_model, std_from_model, to_model
+from bigrestore.run.tiling import (
+    Block,
+    TileGrid,
+    blend_tiles,
+    block_read_region,
+    cut_tiles,
+    pad_region,
+)
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +142,7 @@ _MODELS: dict[tuple[str, str, str], tuple[torch.nn.Module, dict[str, Any]]] = {}
 
 
 def load_cached_model(path: str, sha256: str, device: torch.device) -> tuple[torch.nn.Module, dict]:
-    from bigrestore.checkpoint import load_model
+    from bigrestore.model.files import load_model
 
     key = (path, sha256, str(device))
     if key not in _MODELS:

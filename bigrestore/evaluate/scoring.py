@@ -1,9 +1,9 @@
 """``bigrestore evaluate``: score restorations against a ground truth (GT), beside baselines.
 
 Inputs are read as YX planes and put on one intensity scale (``percentile``, ``linear-fit``
-or ``none``) by :mod:`bigrestore.eval_inputs`. Every plane is cut into non-overlapping
+or ``none``) by :mod:`bigrestore.evaluate.pairing`. Every plane is cut into non-overlapping
 ``patch``² squares (the paper reports medians over 256² test patches) scored with
-:func:`bigrestore.metrics.evaluate_pair`, and each method is summarised by the median and mean
+:func:`bigrestore.evaluate.metrics.evaluate_pair`, and each method is summarised by the median and mean
 over all patches. The decorrelation resolution (Descloux et al. 2019) uses the GT's x pixel
 size and unit; ``resolution_ratio`` = resolution(pred) / resolution(GT).
 
@@ -30,9 +30,11 @@ import numpy as np
 from scipy import ndimage
 
 from bigrestore import __version__
-from bigrestore.decorrelation import decorrelation_resolution
 from bigrestore.errors import BadInputError, UsageError, describe
-from bigrestore.eval_inputs import (
+from bigrestore.evaluate.decorrelation import decorrelation_resolution
+from bigrestore.evaluate.figures import region_figure
+from bigrestore.evaluate.metrics import evaluate_pair, psnr, summarize
+from bigrestore.evaluate.pairing import (
     PlaneStack,
     check_match,
     intensity_note,
@@ -42,9 +44,7 @@ from bigrestore.eval_inputs import (
     open_inputs,
     open_samples,
 )
-from bigrestore.figures import region_figure
-from bigrestore.metrics import evaluate_pair, psnr, summarize
-from bigrestore.report import prepare_report_dir, read_training_log, write_report
+from bigrestore.evaluate.report import prepare_report_dir, read_training_log, write_report
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ def samples_curve(
 ) -> dict[str, Any]:
     """Metrics of the mean of the first k samples, k = 1..N (the paper's Fig. S1).
 
-    ``path``: N samples in a layout of :func:`bigrestore.eval_inputs.open_samples`. Returns
+    ``path``: N samples in a layout of :func:`bigrestore.evaluate.pairing.open_samples`. Returns
     {"path", "n_samples", "k": [1..N], "median": {metric: [..]}, "mean": {metric: [..]}} over
     patches of ``planes``; metrics as evaluate_pair plus "mse" (compared scale), no resolution.
     """

@@ -27,9 +27,9 @@ import numpy as np
 import tifffile
 
 from bigrestore.errors import BadInputError, MissingInputError, UsageError, describe
+from bigrestore.evaluate.metrics import fit_linear, normalize_percentile
 from bigrestore.io.convert import read_tiff
 from bigrestore.io.ome import ImageMeta, open_image
-from bigrestore.metrics import fit_linear, normalize_percentile
 
 log = logging.getLogger(__name__)
 

@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 from bigrestore.devices import network_autocast
+from bigrestore.diffusion.noise import NoiseStream, TileKey, batched_noise
 from bigrestore.errors import BadInputError, IncompatibleModelError, describe
-from bigrestore.rng import NoiseStream, TileKey, batched_noise
 
 SAMPLERS = ("ancestral", "ddim", "dpmpp_2m")
 SPACINGS = ("quadratic", "uniform")

@@ -2,7 +2,7 @@
 provenance pieces, and which config changes ``--resume`` accepts.
 
 Layout of MODEL_DIR: ``model.safetensors``/``model.json`` (best epoch, read by
-``bigrestore run``), ``checkpoint/`` (bigrestore.train.state), ``metrics.csv``, ``steps.csv``,
+``bigrestore run``), ``checkpoint/`` (bigrestore.train.checkpoint), ``metrics.csv``, ``steps.csv``,
 ``tensorboard/`` (when installed).
 """
 
@@ -23,9 +23,9 @@ from bigrestore.errors import (
     MissingInputError,
     describe,
 )
+from bigrestore.intensity import Stats
 from bigrestore.io.ome import unwritable_directory
-from bigrestore.normalize import Stats
-from bigrestore.train import state
+from bigrestore.train import checkpoint
 from bigrestore.train.config import TrainConfig
 from bigrestore.train.stores import StorePair
 
@@ -147,11 +147,11 @@ def resumed_config(record: dict[str, Any], given: TrainConfig | None, where: Pat
 def checkpoint_config(out_dir: str | Path) -> TrainConfig:
     """The config of the run whose checkpoint is in ``out_dir`` (for ``--resume`` without --config)."""
     ckpt_dir = Path(out_dir) / "checkpoint"
-    if not state.has_state(ckpt_dir):
+    if not checkpoint.has_state(ckpt_dir):
         raise MissingInputError(
             describe(out_dir, "--resume", "a training directory with a checkpoint", "none")
         )
-    return TrainConfig.from_dict(state.read_record(ckpt_dir)["config"], source=ckpt_dir)
+    return TrainConfig.from_dict(checkpoint.read_record(ckpt_dir)["config"], source=ckpt_dir)
 
 
 def hardware(device: torch.device) -> dict[str, Any]:

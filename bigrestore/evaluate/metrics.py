@@ -19,8 +19,8 @@ import numpy as np
 from numpy.typing import DTypeLike
 from scipy import ndimage
 
-from .decorrelation import decorrelation_resolution
-from .errors import BadInputError, describe
+from bigrestore.evaluate.decorrelation import decorrelation_resolution
+from bigrestore.errors import BadInputError, describe
 
 logger = logging.getLogger(__name__)
 
@@ -243,7 +243,7 @@ def evaluate_pair(
     decorrelation resolution of each image (resolution_pred, resolution_gt, in
     ``unit``), resolution_ratio = resolution_pred / resolution_gt (below 1: finer
     detail than the reference), peak_found_pred / peak_found_gt (False: Nyquist-limited
-    fallback, see bigrestore.decorrelation) and unit.
+    fallback, see bigrestore.evaluate.decorrelation) and unit.
     """
     p, g = _pair(pred, gt, "evaluate_pair")
     rng = _check_range(data_range, "evaluate_pair")
