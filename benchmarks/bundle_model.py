@@ -35,7 +35,8 @@ def main() -> None:
     parser.add_argument("model", type=Path)
     parser.add_argument("--to", type=Path, default=BUNDLE)
     args = parser.parse_args()
-    net, meta = load_model(args.model)
+    net, info = load_model(args.model)
+    meta = info.meta
     spec = {k: v for k, v in meta.items() if k not in CORE_KEYS}
     spec["provenance"] = strip_paths(spec.get("provenance", {}))
     digest = save_model(args.to, net, spec)

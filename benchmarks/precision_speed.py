@@ -23,7 +23,7 @@ import torch
 
 from bigrestore.devices import native_bf16
 from bigrestore.model.files import load_model
-from bigrestore.run.restore import bundled_model_path
+from bigrestore.run.settings import bundled_model_path
 
 VARIANTS = [("fp32", "nchw"), ("fp32", "nhwc"), ("bf16", "nchw"), ("bf16", "nhwc")]
 

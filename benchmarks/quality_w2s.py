@@ -27,7 +27,8 @@ import tifffile
 import torch
 
 from bigrestore.evaluate.scoring import evaluate
-from bigrestore.io.ome import ImageMeta, write_image
+from bigrestore.io.meta import ImageMeta
+from bigrestore.io.write import write_image
 from bigrestore.model.files import load_model
 from bigrestore.run.block import RestoreSettings
 from bigrestore.run.cluster import ClusterSpec

@@ -47,12 +47,14 @@ from typing import Any
 import numpy as np
 import psutil
 import torch
+from bigrestore.diffusion.core import Schedule, sample_repeated
 
 from bigrestore.devices import autocast_dtype
-from bigrestore.diffusion.core import Schedule, sample_repeated
 from bigrestore.diffusion.noise import TileKey
 from bigrestore.intensity import P_HIGH, P_LOW, to_model
-from bigrestore.io.ome import default_meta, open_image, write_image
+from bigrestore.io.images import open_image
+from bigrestore.io.meta import default_meta
+from bigrestore.io.write import write_image
 from bigrestore.model.files import load_model
 from bigrestore.run.block import RestoreSettings
 from bigrestore.run.cluster import ClusterSpec
@@ -425,7 +427,8 @@ def main(argv: list[str] | None = None) -> int:
             "timings will not be clean",
             file=sys.stderr,
         )
-    net, spec = load_model(args.model, device="cpu")
+    net, info = load_model(args.model, device="cpu")
+    spec = info.meta
     unet = net.config
     settings = RestoreSettings(
         samples=args.samples,

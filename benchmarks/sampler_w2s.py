@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import tifffile
 import torch
+from bigrestore.diffusion.core import Schedule, sample_repeated
 from scipy.ndimage import gaussian_filter
 
 from bigrestore.devices import autocast_dtype
-from bigrestore.diffusion.core import Schedule, sample_repeated
 from bigrestore.diffusion.noise import TileKey
 from bigrestore.intensity import percentile_stats, to_model
 from bigrestore.model.files import load_model
@@ -84,7 +84,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
 
-    net, meta = load_model(args.model)
+    net, info = load_model(args.model)
+    meta = info.meta
     schedule = Schedule.from_dict(meta["schedule"])
     cond, target = crops(args.crop)
     keys = [TileKey(0, 0, 0, 0, i, 0) for i in range(len(cond))]

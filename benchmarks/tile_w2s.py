@@ -28,7 +28,8 @@ from quality_w2s import centre_crops, save  # noqa: E402
 from bigrestore.evaluate.metrics import normalize_percentile, psnr  # noqa: E402
 from bigrestore.run.block import RestoreSettings  # noqa: E402
 from bigrestore.run.cluster import ClusterSpec  # noqa: E402
-from bigrestore.run.restore import bundled_model_path, restore  # noqa: E402
+from bigrestore.run.restore import restore  # noqa: E402
+from bigrestore.run.settings import bundled_model_path  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "w2s"
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from bigrestore.errors import BadInputError, describe
+
 #: CARE's default percentiles.
 P_LOW = 1.0
 P_HIGH = 99.8
@@ -35,14 +37,18 @@ class Stats:
         return cls(float(d["low"]), float(d["high"]))
 
 
-def percentile_stats(image: np.ndarray, p_low: float = P_LOW, p_high: float = P_HIGH) -> Stats:
-    """Percentiles of ``image`` (any shape); a flat image gets a unit range to avoid dividing by 0."""
+def percentile_stats(
+    image: np.ndarray, p_low: float = P_LOW, p_high: float = P_HIGH, where: object = "image"
+) -> Stats:
+    """Percentiles of ``image`` (any shape); a flat image gets a unit range to avoid dividing by 0.
+
+    Non-finite values make the percentiles meaningless: they are refused (BadInputError)."""
     values = np.asarray(image, dtype=np.float64).ravel()
     if values.size > MAX_STAT_PIXELS:
         values = values[:: int(np.ceil(values.size / MAX_STAT_PIXELS))]
+    if values.size == 0 or not np.isfinite(values).all():
+        raise BadInputError(describe(where, "pixels", "finite values", "NaN or inf (or no pixels)"))
     low, high = np.percentile(values, [p_low, p_high])
-    if not np.isfinite(low) or not np.isfinite(high):
-        raise ValueError("percentile_stats: image contains no finite values")
     if high - low < 1e-12:
         high = low + 1.0
     return Stats(float(low), float(high))

@@ -23,7 +23,8 @@ from test_train import TINY
 
 from bigrestore.cli import cli
 from bigrestore.errors import IOFailure
-from bigrestore.io.ome import ImageMeta, write_image
+from bigrestore.io.meta import ImageMeta
+from bigrestore.io.write import write_image
 
 
 def tree_hash(root: Path) -> str:
@@ -116,15 +117,15 @@ def test_block_failure_on_a_worker_is_an_io_error(inputs, tmp_path):
     run_restore(inputs / "good.zarr", out, model=model, settings=SETTINGS)  # a valid run first
     chunk = next(p for p in (inputs / "good.zarr" / "0").rglob("*") if p.is_file() and p.name != "zarr.json")
     chunk.write_bytes(b"\x00garbage" * 7)
-    import bigrestore.run.restore as api
+    import bigrestore.run.plan as plan
 
-    original = api.input_statistics
-    api.input_statistics = lambda image, channels, lo, hi: {c: api.Stats(0.0, 1.0) for c in channels}
+    original = plan.input_statistics
+    plan.input_statistics = lambda image, channels, lo, hi: {c: plan.Stats(0.0, 1.0) for c in channels}
     try:
         with pytest.raises(IOFailure, match="--resume"):
             run_restore(inputs / "good.zarr", tmp_path / "o2.zarr", model=model, settings=SETTINGS)
     finally:
-        api.input_statistics = original
+        plan.input_statistics = original
 
 
 # ----------------------------------------------------------------------------- read-only output
@@ -160,7 +161,8 @@ from bigrestore.cli import cli
 def tripwire(*args, **kwargs):
     raise AssertionError("computed before the output was refused")
 
-bigrestore.run.restore.input_statistics = tripwire
+import bigrestore.run.plan
+bigrestore.run.plan.input_statistics = tripwire
 bigrestore.train.trainer.target_statistics = tripwire
 results = []
 for args in cases["commands"]:

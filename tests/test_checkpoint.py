@@ -23,7 +23,7 @@ from bigrestore.model.unet import ConditionalUNet, UNetConfig
 SPEC = {
     "objective": "diffusion",
     "schedule": {"T": 200, "s": 0.008},
-    "normalization": {"low": 102.5, "high": 3071.25},
+    "normalization": {"method": "percentile", "p_low": 1.0, "p_high": 99.8, "target": {"low": 102.5, "high": 3071.25}},
     "provenance": {"data": "synthetic", "epochs": 1},
 }
 
@@ -68,7 +68,8 @@ def test_round_trip_is_bit_identical(saved: tuple[Path, ConditionalUNet, str]) -
     torch.manual_seed(
         99
     )  # a fresh net would draw other Fourier frequencies: they must come from the file
-    loaded, meta = load_model(directory)
+    loaded, info = load_model(directory)
+    meta = info.meta
     assert not loaded.training
     assert loaded.config == net.config
     for key, value in net.state_dict().items():
@@ -93,7 +94,7 @@ def test_model_hash_tracks_weights_and_settings(tmp_path: Path) -> None:
     a = save_model(tmp_path / "a", net, SPEC)
     assert save_model(tmp_path / "a2", net, SPEC) == a  # same model, same hash
     assert save_model(tmp_path / "b", make_net(1), SPEC) != a
-    other_norm = {**SPEC, "normalization": {"low": 0.0, "high": 1.0}}
+    other_norm = {**SPEC, "normalization": {"target": {"low": 0.0, "high": 1.0}}}
     assert save_model(tmp_path / "c", net, other_norm) != a
 
 
@@ -102,7 +103,7 @@ def test_overwrite_leaves_no_temporary_files(saved: tuple[Path, ConditionalUNet,
     digest = save_model(directory, make_net(3), {"objective": "regression"})
     assert sorted(p.name for p in directory.iterdir()) == ["model.json", "model.safetensors"]
     assert model_hash(directory) == digest
-    _, meta = load_model(directory)
+    meta = load_model(directory)[1].meta
     assert meta["objective"] == "regression"
     assert torch.equal(run(load_model(directory)[0]), run(make_net(3)))
 
@@ -185,7 +186,7 @@ def test_bad_spec_is_refused_before_writing(tmp_path: Path) -> None:
         ({**SPEC, "format_version": 3}, "format_version"),
         ({"objective": "diffusion"}, "schedule"),
         ({**SPEC, "provenance": {"when": object()}}, "JSON"),
-        ({**SPEC, "normalization": {"low": float("nan")}}, "JSON"),
+        ({**SPEC, "normalization": {"target": {"low": float("nan"), "high": 1.0}}}, "finite"),
     ]:
         with pytest.raises(BadInputError, match=match):
             save_model(tmp_path / "m", net, spec)

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from conftest import data_path, validate_ngff
 
 from bigrestore.cli import cli
-from bigrestore.io.ome import open_image
+from bigrestore.io.images import open_image
 
 
 def run(*args: str):

@@ -9,11 +9,12 @@ from conftest import validate_ngff
 
 from bigrestore.cli import cli
 from bigrestore.model.files import load_model
-from bigrestore.run.restore import bundled_model_path
+from bigrestore.run.settings import bundled_model_path
 
 
 def test_bundled_model_loads_and_has_a_card():
-    net, spec = load_model(bundled_model_path())
+    net, info = load_model(bundled_model_path())
+    spec = info.meta
     assert spec["objective"] == "diffusion"
     assert (bundled_model_path() / "MODEL_CARD.md").read_text().count("bigrestore train") >= 1
 

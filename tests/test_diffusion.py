@@ -18,21 +18,43 @@ import numpy as np
 import pytest
 import torch
 
-from bigrestore.diffusion.core import (
-    SAMPLERS,
-    CountingNet,
-    Schedule,
-    pixel_entropy,
-    predict_regression,
-    quantise_8bit,
-    regression_loss,
-    sample,
-    sample_repeated,
-    timesteps,
-    training_loss,
-)
+from bigrestore.checks import validate_model
+from bigrestore.diffusion import repeated
 from bigrestore.diffusion.noise import NoiseStream, TileKey
+from bigrestore.diffusion.objectives import LossInputs, eps_loss, predict_once
+from bigrestore.diffusion.objectives import regression_loss as _regression_loss
+from bigrestore.diffusion.repeated import CountingNet, pixel_entropy, quantise_8bit
+from bigrestore.diffusion.samplers import SAMPLERS, SamplerSettings
+from bigrestore.diffusion.schedule import Schedule, timesteps
 from bigrestore.errors import BadInputError, IncompatibleModelError
+
+#: The sampler settings these analytic tests were written for: deterministic DDIM on quadratic
+#: steps, all T steps, no clipping; each test names what it changes.
+ANALYTIC = dict(sampler="ddim", steps=None, eta=0.0, spacing="quadratic", clip_x0=False)
+
+
+def _settings(kw: dict) -> SamplerSettings:
+    chosen = {k: kw.pop(k) for k in list(kw) if k in SamplerSettings.model_fields}
+    return validate_model(SamplerSettings, {**ANALYTIC, **chosen}, "sampler", BadInputError)
+
+
+def sample(net, cond, streams, schedule, **kw):
+    return repeated.sample(net, cond, streams, schedule, _settings(kw), **kw)
+
+
+def sample_repeated(net, cond, keys, n_samples, schedule, **kw):
+    return repeated.sample_repeated(net, cond, keys, n_samples, schedule, _settings(kw), **kw)
+
+
+def training_loss(net, cond, y0, schedule, generator=None):
+    return eps_loss(net, cond, y0, LossInputs(schedule, generator))
+
+
+def regression_loss(net, cond, y0, kind="l1"):
+    return _regression_loss(net, cond, y0, LossInputs(Schedule(), None, kind))
+
+
+predict_regression = predict_once
 
 S = 0.3  # prior std of y0 around mu = cond
 
@@ -385,10 +407,10 @@ def test_tile_is_bit_identical_in_another_process(tmp_path: Path) -> None:
     script = tmp_path / "child.py"
     script.write_text(
         "import importlib.util, sys, numpy as np, torch\n"
-        "from bigrestore.diffusion.core import Schedule, sample_repeated\n"
+        "from bigrestore.diffusion.schedule import Schedule\n"
         f"spec = importlib.util.spec_from_file_location('td', {str(Path(__file__))!r})\n"
         "td = importlib.util.module_from_spec(spec); spec.loader.exec_module(td)\n"
-        "out = sample_repeated(td.GaussianEps(), td._cond(3, 12), td._keys(3), 3, Schedule(T=40),\n"
+        "out = td.sample_repeated(td.GaussianEps(), td._cond(3, 12), td._keys(3), 3, Schedule(T=40),\n"
         "    sampler='ddim', steps=10, eta=1.0, max_batch=4, return_samples=True)\n"
         "np.save(sys.argv[1], out.samples[:, 2].numpy())\n"
     )

@@ -17,7 +17,8 @@ from bigrestore.errors import BadInputError, MissingInputError, UsageError
 from bigrestore.evaluate.pairing import load_stack
 from bigrestore.evaluate.report import read_training_log
 from bigrestore.evaluate.scoring import SIGMA_GRID, evaluate
-from bigrestore.io.ome import ImageMeta, write_image
+from bigrestore.io.meta import ImageMeta
+from bigrestore.io.write import write_image
 
 PIXEL = 0.1  # micrometer, an arbitrary physical scale written into the test stores
 

@@ -7,7 +7,9 @@ import pytest
 import torch
 from test_run import SETTINGS, tiny_model
 
-from bigrestore.io.ome import ImageMeta, open_image, write_image
+from bigrestore.io.images import open_image
+from bigrestore.io.meta import ImageMeta
+from bigrestore.io.write import write_image
 from bigrestore.run.cluster import ClusterSpec
 from bigrestore.run.restore import restore
 

@@ -12,7 +12,9 @@ import zarr
 from conftest import data_path, read_with_ome_zarr_py, validate_ngff
 
 from bigrestore.errors import BadInputError, CannotCreateOutputError, MissingInputError
-from bigrestore.io.ome import ImageMeta, open_image, pyramid_shapes, write_image
+from bigrestore.io.images import open_image
+from bigrestore.io.meta import ImageMeta
+from bigrestore.io.write import pyramid_shapes, write_image
 
 
 def _real_arrays() -> dict[str, tuple[np.ndarray, str]]:

@@ -16,8 +16,8 @@ import pytest
 import tifffile
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from bigrestore.evaluate import metrics
 from bigrestore.errors import BadInputError
+from bigrestore.evaluate import metrics
 
 W2S = Path(__file__).resolve().parents[2] / "shared" / "data" / "w2s"
 IMAGES = [(0, 0), (7, 1), (13, 2), (19, 0)]  # (field, channel) of the validation stacks

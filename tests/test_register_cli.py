@@ -10,7 +10,9 @@ from conftest import data_path, validate_ngff
 from scipy import ndimage
 
 from bigrestore.cli import cli
-from bigrestore.io.ome import ImageMeta, open_image, write_image
+from bigrestore.io.images import open_image
+from bigrestore.io.meta import ImageMeta
+from bigrestore.io.write import write_image
 
 pytest.importorskip("itk")
 

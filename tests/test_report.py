@@ -17,7 +17,8 @@ from bigrestore.errors import CannotCreateOutputError
 from bigrestore.evaluate.figures import DIVERGING, INFERNO_LIKE, colorize, line_chart, png_bytes
 from bigrestore.evaluate.report import prepare_report_dir
 from bigrestore.evaluate.scoring import evaluate
-from bigrestore.io.ome import ImageMeta, write_image
+from bigrestore.io.meta import ImageMeta
+from bigrestore.io.write import write_image
 
 
 def _decode_png(data: bytes) -> np.ndarray:

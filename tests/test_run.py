@@ -20,14 +20,16 @@ from bigrestore.errors import (
     ResumableInterrupt,
     UsageError,
 )
-from bigrestore.io.ome import ImageMeta, open_image, write_image
+from bigrestore.io.images import open_image
+from bigrestore.io.meta import ImageMeta
+from bigrestore.io.write import write_image
 from bigrestore.model.files import save_model
 from bigrestore.model.unet import ConditionalUNet, UNetConfig
-from bigrestore.run.block import RestoreSettings
 from bigrestore.run.cluster import ClusterSpec
 from bigrestore.run.restore import restore
+from bigrestore.run.settings import run_settings
 
-SETTINGS = RestoreSettings(samples=2, sampler="ddim", steps=2, tile=32, overlap=8, batch=4, chunk=48)
+SETTINGS = run_settings(samples=2, sampler="ddim", steps=2, tile=32, overlap=8, batch=4, chunk=48)
 
 
 def tiny_model(directory: Path, objective: str = "diffusion") -> Path:
@@ -97,7 +99,7 @@ def test_outputs_are_valid_multiscale_images(noisy_nuclei, reference):
 
 
 def test_same_output_for_any_block_size_and_worker_count(noisy_nuclei, model, reference, tmp_path):
-    other = RestoreSettings(**{**SETTINGS.to_dict(), "chunk": 64})
+    other = SETTINGS.changed(chunk=64)
     out = tmp_path / "two_workers.zarr"
     restore(noisy_nuclei, out, model=model, settings=other, cluster=ClusterSpec(workers=2), pyramid_min_side=40)
     for name in ("mean", "std", "entropy"):
@@ -120,7 +122,7 @@ def test_resume_after_interrupt_matches_uninterrupted(noisy_nuclei, model, refer
     assert 0 < int(np.asarray(root["done"][...]).sum()) < root["done"].size
     with pytest.raises(IncompatibleModelError, match="settings"):
         restore(noisy_nuclei, out, model=model, resume=True, pyramid_min_side=40,
-                settings=RestoreSettings(**{**SETTINGS.to_dict(), "samples": 3}))
+                settings=SETTINGS.changed(samples=3))
     result = restore(noisy_nuclei, out, model=model, settings=SETTINGS, resume=True, pyramid_min_side=40)
     assert 0 < result.blocks_done_now < result.blocks_total
     for name in ("mean", "std", "entropy"):
@@ -130,12 +132,15 @@ def test_resume_after_interrupt_matches_uninterrupted(noisy_nuclei, model, refer
 
 def test_regression_model_and_uint16_output(noisy_nuclei, tmp_path):
     model = tiny_model(tmp_path / "reg", objective="regression")
-    settings = RestoreSettings(**{**SETTINGS.to_dict(), "dtype": "uint16", "output_scale": "input"})
+    settings = SETTINGS.changed(dtype="uint16", output_scale="input")
     out = tmp_path / "reg.zarr"
     result = restore(noisy_nuclei, out, model=model, settings=settings)
     mean = open_image(out / "mean")
     assert mean.data.dtype == np.uint16
-    assert float(open_image(out / "std").data.max().compute()) == 0.0
+    # a one-pass model has no spread: only the mean is written (outputs table, sampled_only rows)
+    assert result.manifest["outputs"] == ["mean"]
+    assert not (out / "std").exists() and not (out / "entropy").exists()
+    assert result.manifest["cost"]["network_evaluations"] == result.manifest["cost"]["tiles"]
     assert result.manifest["clipped_pixels"] >= 0
 
 
@@ -144,7 +149,7 @@ def test_precision_is_applied_and_recorded(noisy_nuclei, model, reference, tmp_p
     run used where the CPU has no native bf16; the manifest says what each block ran with."""
     means = {}
     for precision in ("fp32", "bf16"):
-        settings = RestoreSettings(**{**SETTINGS.to_dict(), "precision": precision})
+        settings = SETTINGS.changed(precision=precision)
         result = restore(noisy_nuclei, tmp_path / f"{precision}.zarr", model=model, settings=settings,
                          pyramid_min_side=40)
         assert result.manifest["settings"]["precision"] == precision
@@ -158,7 +163,7 @@ def test_precision_is_applied_and_recorded(noisy_nuclei, model, reference, tmp_p
     np.testing.assert_array_equal(auto, bf16 if native_bf16(torch.device("cpu")) else fp32)
     with pytest.raises(UsageError, match="precision"):
         restore(noisy_nuclei, tmp_path / "x.zarr", model=model,
-                settings=RestoreSettings(**{**SETTINGS.to_dict(), "precision": "fp16"}))
+                settings=SETTINGS.changed(precision="fp16"))
     assert not (tmp_path / "x.zarr").exists()
 
 
@@ -196,18 +201,21 @@ def test_workers_start_without_dask_malloc_trim_setting():
     assert trim is None and omp is None
 
 
-def test_gpu_request_without_gpu_falls_back_to_one_cpu_worker_each():
-    from bigrestore.run.cluster import open_client, worker_count
+def test_more_gpus_than_visible_are_refused_before_anything_is_written(noisy_nuclei, model, tmp_path):
+    from bigrestore.run.cluster import gpu_worker_names
 
-    if torch.cuda.is_available():
-        pytest.skip("this checks the CPU fallback")
-    with open_client(ClusterSpec(gpus=2, workers=2)) as client:
-        assert worker_count(client) == 2
-        assert all(w["nthreads"] == 1 for w in client.scheduler_info()["workers"].values())
+    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    out = tmp_path / "gpus.zarr"
+    with pytest.raises(UsageError, match=f"--gpus {visible + 1}: torch sees {visible} GPU"):
+        restore(noisy_nuclei, out, model=model, settings=SETTINGS, cluster=ClusterSpec(gpus=visible + 1,
+                                                                                       workers=visible + 1))
+    assert not out.exists()
+    # without dask-cuda, worker gpu-K computes on GPU K (devices.pick_device reads the name)
+    assert gpu_worker_names(3) == ["gpu-0", "gpu-1", "gpu-2"]
 
 
 def test_saved_samples_average_to_the_mean_and_tile_defaults_to_twice_the_training_patch(noisy_nuclei, model, tmp_path):
-    settings = RestoreSettings(samples=3, steps=2, batch=4, chunk=64, save_samples=True)
+    settings = run_settings(samples=3, steps=2, batch=4, chunk=64, save_samples=True)
     out = tmp_path / "s.zarr"
     result = restore(noisy_nuclei, out, model=model, settings=settings)
     assert result.manifest["settings"]["tile"] == 64 and result.manifest["settings"]["overlap"] == 16

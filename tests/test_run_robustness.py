@@ -29,14 +29,16 @@ from conftest import data_path
 from test_run import tiny_model
 
 from bigrestore.cli import cli
-from bigrestore.io.ome import ImageMeta, open_image, write_image
-from bigrestore.run.block import RestoreSettings
+from bigrestore.io.images import open_image
+from bigrestore.io.meta import ImageMeta
+from bigrestore.io.write import write_image
 from bigrestore.run.cluster import ClusterSpec
-from bigrestore.run.restore import bundled_model_path, restore
+from bigrestore.run.restore import restore
+from bigrestore.run.settings import bundled_model_path, run_settings
 from bigrestore.run.tiling import TileGrid
 
 #: Many small blocks (2 planes x 6 x 6 of 16 px), so a kill can land part-way through a run.
-SETTINGS = RestoreSettings(
+SETTINGS = run_settings(
     samples=2, sampler="ddim", steps=2, tile=32, overlap=8, batch=8, chunk=16
 )
 CLI_SETTINGS = (
@@ -330,7 +332,7 @@ def seam_z(
 
 #: Tiles of 32 px start at 0, 24, 48, 64 on a 96 px image; blocks of 72 px put a block border
 #: at 72, away from every tile border.
-SEAM_SETTINGS = RestoreSettings(
+SEAM_SETTINGS = run_settings(
     samples=4, sampler="ddim", steps=2, tile=32, overlap=8, batch=16, chunk=72
 )
 
@@ -339,7 +341,7 @@ def _restored(
     source: Path, out: Path, model: Path, cluster: ClusterSpec, **changes: Any
 ) -> dict[str, np.ndarray]:
     """Run with SEAM_SETTINGS (+ changes); mean and std as float64 (planes, y, x)."""
-    settings = RestoreSettings(**{**SEAM_SETTINGS.to_dict(), **changes})
+    settings = SEAM_SETTINGS.changed(**changes)
     restore(source, out, model=model, settings=settings, cluster=cluster)
     images = {
         name: open_image(out / name).data.compute().astype(np.float64) for name in ("mean", "std")

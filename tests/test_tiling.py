@@ -10,8 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bigrestore.run import tiling
 from bigrestore.errors import BadInputError
+from bigrestore.run import tiling
 from bigrestore.run.tiling import (
     Block,
     TileGrid,

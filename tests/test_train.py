@@ -15,7 +15,8 @@ from conftest import data_path
 
 from bigrestore.cli import cli
 from bigrestore.errors import CannotCreateOutputError, IncompatibleModelError, ResumableInterrupt
-from bigrestore.io.ome import default_meta, write_image
+from bigrestore.io.meta import default_meta
+from bigrestore.io.write import write_image
 from bigrestore.model.files import load_model
 from bigrestore.train import TrainConfig, train
 from bigrestore.train.directory import checkpoint_config
@@ -99,7 +100,8 @@ def test_diffusion_loss_falls_and_the_model_file_restores(w2s, tmp_path):
     assert [r["kind"] for r in records].count("epoch") == 4 and records[0]["kind"] == "start"
     assert len(_metrics(out)) == 4 and result.best_epoch is not None
 
-    net, meta = load_model(out)
+    net, info = load_model(out)
+    meta = info.meta
     assert meta["objective"] == "diffusion" and meta["schedule"] == {
         "name": "cosine",
         "T": 200,
@@ -119,10 +121,10 @@ def test_diffusion_loss_falls_and_the_model_file_restores(w2s, tmp_path):
     )
     assert net.config.train_resolution == 32
 
-    from bigrestore.io.ome import open_image
-    from bigrestore.run.block import RestoreSettings
+    from bigrestore.io.images import open_image
     from bigrestore.run.cluster import ClusterSpec
     from bigrestore.run.restore import restore
+    from bigrestore.run.settings import run_settings
 
     image = tmp_path / "image.zarr"
     write_image(
@@ -134,7 +136,7 @@ def test_diffusion_loss_falls_and_the_model_file_restores(w2s, tmp_path):
         model=out,
         device="cpu",
         cluster=ClusterSpec(workers=1),
-        settings=RestoreSettings(samples=2, steps=2, tile=32, overlap=8, chunk=64, batch=4),
+        settings=run_settings(samples=2, steps=2, tile=32, overlap=8, chunk=64, batch=4),
     )
     mean = open_image(restored.output / "mean").data.compute()
     assert mean.shape == (64, 64) and np.isfinite(mean).all()
@@ -177,7 +179,8 @@ def test_regression_objective_and_time_budget(w2s, tmp_path):
     assert np.mean(losses[-8:]) < 0.8 * np.mean(losses[:8])
     maes = [r["val_mae"] for r in result.history]
     assert maes[-1] < 0.85 * maes[0], maes
-    net, meta = load_model(out)
+    net, info = load_model(out)
+    meta = info.meta
     assert meta["objective"] == "regression" and "one-pass" in meta["provenance"]["val_metric"]
     assert meta["provenance"]["config"]["loss"] == "l2"
     assert all(r["val_mae"] is not None for r in result.history)
@@ -229,7 +232,7 @@ def test_cli_trains_refuses_a_used_directory_and_resumes(w2s, tmp_path):
         cli, [*args, "--epochs", "2", "--objective", "regression", "--overwrite"]
     )
     assert more.exit_code == 0, more.output
-    assert load_model(out)[1]["objective"] == "regression" and len(_losses(out)) == 6
+    assert load_model(out)[1].meta["objective"] == "regression" and len(_losses(out)) == 6
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("keep me")
     foreign = CliRunner().invoke(cli, [*args[:-6], "--out", str(tmp_path / "other"), "--overwrite"])

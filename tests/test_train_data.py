@@ -14,7 +14,9 @@ from click.testing import CliRunner
 
 from bigrestore.cli import cli
 from bigrestore.errors import BadInputError, MissingInputError
-from bigrestore.io.ome import create_level0, default_meta, write_image, write_metadata
+from bigrestore.io.meta import default_meta
+from bigrestore.io.ngff import write_metadata
+from bigrestore.io.write import create_level0, write_image
 from bigrestore.train import checkpoint as state
 from bigrestore.train.augment import augment_pair
 from bigrestore.train.config import AugmentSettings, TrainConfig, load_config

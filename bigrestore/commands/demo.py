@@ -45,9 +45,9 @@ def command(out: Path, samples: int, steps: int, sampler: str, workers: int, gpu
     from bigrestore.commands.evaluate import format_table
     from bigrestore.evaluate.scoring import evaluate
     from bigrestore.io.convert import convert_tiff
-    from bigrestore.run.block import RestoreSettings
-    from bigrestore.run.cluster import ClusterSpec
-    from bigrestore.run.restore import bundled_model_path, restore
+    from bigrestore.run.cluster import cluster_spec, usable_cores
+    from bigrestore.run.restore import restore
+    from bigrestore.run.settings import bundled_model_path, run_settings
 
     model = bundled_model_path()
     if not (model / "model.json").exists():
@@ -66,8 +66,8 @@ def command(out: Path, samples: int, steps: int, sampler: str, workers: int, gpu
     convert_tiff(sample_path("w2s_val_high.tif"), high, axes="yx")
     click.echo(f"1/3 converted the bundled sample to OME-Zarr: {low}, {high}")
 
-    settings = RestoreSettings(samples=samples, sampler=sampler, steps=None if sampler == "ancestral" else steps,
-                               chunk=256, batch=16)
+    settings = run_settings(samples=samples, sampler=sampler, steps=None if sampler == "ancestral" else steps,
+                            chunk=256, batch=16)
     bar = tqdm(total=None, unit="block", desc="2/3 restoring", dynamic_ncols=True)
 
     def progress(record: dict[str, Any], done: int, total: int) -> None:
@@ -77,7 +77,7 @@ def command(out: Path, samples: int, steps: int, sampler: str, workers: int, gpu
     restored = out / "restored.zarr"
     try:
         result = restore(low, restored, model=model, settings=settings,
-                         cluster=ClusterSpec(gpus=gpus, workers=gpus or workers), progress=progress,
+                         cluster=cluster_spec(gpus=gpus, workers=workers, threads_per_worker=max(1, usable_cores() // workers)), progress=progress,
                          on_client=lambda client: click.echo(f"Dask dashboard: {client.dashboard_link}", err=True))
     finally:
         bar.close()

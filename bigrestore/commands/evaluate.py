@@ -14,7 +14,7 @@ import click
 from bigrestore.errors import UsageError
 from bigrestore.evaluate.pairing import NORMALIZE
 from bigrestore.evaluate.scoring import EvaluationResult, evaluate
-from bigrestore.io.ome import check_output
+from bigrestore.io.paths import check_output
 
 _COLUMNS = ("mae", "psnr", "nrmse", "pearson", "ssim", "ms_ssim", "resolution_ratio")
 """Summary columns (the decorrelation resolution itself is in the CSV/JSON)."""

@@ -35,7 +35,9 @@ def command(low: Path, high: Path, output: Path, masked_high: Path | None, mode:
     Example:
       bigrestore register low.zarr high.zarr -o low_registered.zarr --masked-high high_masked.zarr
     """
-    from bigrestore.io.ome import open_image, prepare_output, write_image
+    from bigrestore.io.images import open_image
+    from bigrestore.io.paths import prepare_output
+    from bigrestore.io.write import write_image
     from bigrestore.register.rigid import apply_padding_mask, register_stack
 
     moving_image, fixed_image = open_image(low), open_image(high)

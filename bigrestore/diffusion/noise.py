@@ -21,6 +21,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from bigrestore.checks import require_int
 from bigrestore.errors import BadInputError, describe
 
 # Fixed words mixed into every key: a domain tag ("bigr") so these streams never coincide with
@@ -52,12 +53,8 @@ def _key_words(values: tuple[int, ...]) -> list[int]:
     """
     words: list[int] = []
     for v in values:
-        if isinstance(v, bool) or not isinstance(v, int | np.integer):
-            raise BadInputError(describe("noise key", "field", "an int", repr(v)))
-        v = int(v)
+        v = require_int(v, "field", "noise key", low=-(2**63), high=2**63 - 1)
         zz = v << 1 if v >= 0 else ((-v) << 1) - 1
-        if zz >= 2**64:
-            raise BadInputError(describe("noise key", "field", "|value| < 2**63", v))
         words += [zz & 0xFFFFFFFF, zz >> 32]
     return words
 
@@ -72,10 +69,8 @@ class NoiseStream:
 
     def __init__(self, key: TileKey | tuple[int, ...], sample: int) -> None:
         key = TileKey(*key)
-        if isinstance(sample, bool) or not isinstance(sample, int | np.integer) or sample < 0:
-            raise BadInputError(describe("noise key", "sample", "an int >= 0", repr(sample)))
         self.key = key
-        self.sample = int(sample)
+        self.sample = require_int(sample, "sample", "noise key", low=0)
         seq = np.random.SeedSequence([_DOMAIN, _FORMAT, *_key_words((*key, self.sample))])
         self._bits = np.random.Philox(seq)
 

@@ -19,8 +19,8 @@ import numpy as np
 from numpy.typing import DTypeLike
 from scipy import ndimage
 
-from bigrestore.evaluate.decorrelation import decorrelation_resolution
 from bigrestore.errors import BadInputError, describe
+from bigrestore.evaluate.decorrelation import decorrelation_resolution
 
 logger = logging.getLogger(__name__)
 

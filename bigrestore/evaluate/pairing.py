@@ -29,7 +29,8 @@ import tifffile
 from bigrestore.errors import BadInputError, MissingInputError, UsageError, describe
 from bigrestore.evaluate.metrics import fit_linear, normalize_percentile
 from bigrestore.io.convert import read_tiff
-from bigrestore.io.ome import ImageMeta, open_image
+from bigrestore.io.images import open_image
+from bigrestore.io.meta import ImageMeta
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,8 @@ import tifffile
 import zarr
 
 from bigrestore.errors import BadInputError, MissingInputError, describe
-from bigrestore.io.ome import ImageMeta, normalise_unit, validate_axes, write_image
+from bigrestore.io.meta import ImageMeta, normalise_unit, validate_axes
+from bigrestore.io.write import write_image
 
 log = logging.getLogger(__name__)
 

@@ -19,27 +19,58 @@ from typing import Any
 
 import dask
 
+from bigrestore.checks import require_int
 from bigrestore.errors import UsageError
 
 log = logging.getLogger(__name__)
 
 
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask; a batch job's allocation)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 @dataclass(frozen=True)
 class ClusterSpec:
-    """Where blocks run. At most one of gpus / scheduler is set; ``workers`` counts CPU workers."""
+    """Where blocks run. At most one of gpus / scheduler is set; ``workers`` counts CPU workers
+    (None: the usable cores divided by the threads per worker).
+
+    ``threads_per_worker`` is torch's intra-op thread count in every worker, also on clusters
+    started elsewhere (the block task sets it). It is fixed, not derived from the worker count,
+    because a convolution may sum in another order with another thread count, so the output's
+    bytes are guaranteed for a given thread count (recorded in the manifest; ``--resume``
+    keeps it), for any number of workers."""
 
     gpus: int = 0
-    workers: int = 1
-    threads_per_worker: int = 0
+    workers: int | None = None
+    threads_per_worker: int = 1
     scheduler: str | None = None
 
+    def __post_init__(self) -> None:
+        require_int(self.gpus, "--gpus", "cluster", low=0, error=UsageError)
+        if self.workers is None:
+            object.__setattr__(self, "workers", self.gpus or max(1, usable_cores() // max(1, self.threads_per_worker)))
+        require_int(self.workers, "--workers", "cluster", low=1, error=UsageError)
+        require_int(self.threads_per_worker, "--threads-per-worker", "cluster", low=1, error=UsageError)
+        if self.gpus and self.scheduler:
+            raise UsageError("--gpus and --scheduler exclude each other")
+        if self.scheduler is not None and not str(self.scheduler).strip():
+            raise UsageError("--scheduler: expected an address like tcp://HOST:8786, found an empty string")
+
     def torch_threads(self) -> int:
-        """Intra-op torch threads per CPU worker: the cores shared out between workers."""
-        if self.gpus or self.scheduler:
-            return 0
-        if self.threads_per_worker:
-            return self.threads_per_worker
-        return max(1, (os.cpu_count() or 1) // max(1, self.workers))
+        """Intra-op torch threads of every worker (see the class docstring)."""
+        return self.threads_per_worker
+
+
+def cluster_spec(
+    gpus: int = 0, workers: int | None = None, scheduler: str | None = None, threads_per_worker: int = 1
+) -> ClusterSpec:
+    """The cluster of the command line: one worker per GPU with ``--gpus``, else ``workers``
+    (default: one per usable core at ``threads_per_worker`` threads each)."""
+    return ClusterSpec(gpus=gpus, workers=gpus or workers, scheduler=scheduler, threads_per_worker=threads_per_worker)
 
 
 def _clean_worker_environment() -> dict[str, Any]:
@@ -78,17 +109,30 @@ def open_client(spec: ClusterSpec) -> Iterator[Any]:
         cluster.close()
 
 
+def check_gpus(gpus: int) -> None:
+    """Refuse ``--gpus N`` when torch sees fewer than N GPUs (before anything is written)."""
+    if gpus <= 0:
+        return
+    import torch
+
+    available = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if gpus > available:
+        raise UsageError(
+            f"--gpus {gpus}: torch sees {available} GPU(s) on this machine"
+            + ("; run without --gpus to use CPU workers (--workers N)" if available == 0 else "")
+        )
+
+
+def gpu_worker_names(gpus: int) -> list[str]:
+    """Worker names of the fallback cluster without dask-cuda: gpu-0 .. gpu-(N-1); a worker
+    named gpu-K computes on GPU K (bigrestore.devices.pick_device)."""
+    return [f"gpu-{i}" for i in range(gpus)]
+
+
 def _gpu_cluster(gpus: int) -> Any:
     """One worker per GPU, one thread each, pinned with CUDA_VISIBLE_DEVICES where possible."""
-    import torch
-    from distributed import LocalCluster
 
-    available = torch.cuda.device_count()
-    if available == 0:
-        log.warning("--gpus %d asked for, but torch sees no GPU: running %d CPU worker(s)", gpus, gpus)
-        return LocalCluster(n_workers=gpus, threads_per_worker=1, dashboard_address=":0", memory_limit=0)
-    if gpus > available:
-        raise UsageError(f"--gpus {gpus}: only {available} GPU(s) visible to torch")
+    check_gpus(gpus)
     try:
         from dask_cuda import LocalCUDACluster
     except ImportError:
@@ -96,8 +140,8 @@ def _gpu_cluster(gpus: int) -> Any:
         from distributed import Nanny, Scheduler, SpecCluster
 
         workers = {
-            f"gpu-{i}": {"cls": Nanny, "options": {"nthreads": 1, "name": f"gpu-{i}", "memory_limit": 0}}
-            for i in range(gpus)
+            name: {"cls": Nanny, "options": {"nthreads": 1, "name": name, "memory_limit": 0}}
+            for name in gpu_worker_names(gpus)
         }
         return SpecCluster(workers=workers, scheduler={"cls": Scheduler, "options": {"dashboard_address": ":0"}})
     visible = ",".join(str(i) for i in range(gpus))
@@ -117,14 +161,15 @@ def run_tasks(
 ) -> None:
     """Submit one Dask task per block and call ``on_done`` with each result as it finishes.
 
-    Tasks get stable keys (``block-…``) so a retried task is the same task. The job is
-    scattered once. KeyboardInterrupt cancels what is still running and propagates.
+    Tasks get stable keys (``block-…``) so a retried task is the same task. The job (a few
+    kB) travels with every task rather than being scattered once: a scattered value lives on
+    one worker and is lost with it, which made a 1-worker run fail when its worker died.
+    KeyboardInterrupt cancels what is still running and propagates.
     """
     from distributed import as_completed
 
-    [job_future] = client.scatter([job], broadcast=True, hash=False)
     futures = [
-        client.submit(function, job_future, task, key=f"{task.name}-{id(job):x}", pure=False, retries=1)
+        client.submit(function, job, task, key=f"{task.name}-{id(job):x}", pure=False, retries=2)
         for task in tasks
     ]
     try:

@@ -24,7 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from bigrestore.errors import CannotCreateOutputError, IncompatibleModelError, describe
-from bigrestore.model.files import sha256_file, write_atomic
+from bigrestore.io.atomic import sha256_file, write_atomic
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,8 @@ from typing import Any
 import yaml
 
 from bigrestore.devices import PRECISIONS
-from bigrestore.diffusion.core import SAMPLERS, Schedule
+from bigrestore.diffusion.samplers import SAMPLERS
+from bigrestore.diffusion.schedule import Schedule
 from bigrestore.errors import BadInputError, IncompatibleModelError, MissingInputError, describe
 from bigrestore.model.unet import UNetConfig
 

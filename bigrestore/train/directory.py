@@ -24,7 +24,7 @@ from bigrestore.errors import (
     describe,
 )
 from bigrestore.intensity import Stats
-from bigrestore.io.ome import unwritable_directory
+from bigrestore.io.paths import unwritable_directory
 from bigrestore.train import checkpoint
 from bigrestore.train.config import TrainConfig
 from bigrestore.train.stores import StorePair

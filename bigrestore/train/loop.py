@@ -23,13 +23,10 @@ import numpy as np
 import torch
 
 from bigrestore.devices import autocast_dtype, network_autocast
-from bigrestore.diffusion.core import (
-    predict_regression,
-    regression_loss,
-    sample_repeated,
-    training_loss,
-)
 from bigrestore.diffusion.noise import TileKey
+from bigrestore.diffusion.objectives import LossInputs, get_objective, predict_once
+from bigrestore.diffusion.repeated import sample_repeated
+from bigrestore.diffusion.samplers import SamplerSettings
 from bigrestore.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -119,11 +116,9 @@ def train_step(
         for index in devices:
             torch.cuda.default_generators[index].manual_seed(seed)
         with network_autocast(device.type, autocast_dtype(config.precision, device)):
-            if config.objective == "diffusion":
-                generator = torch.Generator(device=device).manual_seed(seed)
-                loss = training_loss(net, cond, target, config.schedule, generator)
-            else:
-                loss = regression_loss(net, cond, target, config.loss)
+            generator = torch.Generator(device=device).manual_seed(seed)
+            inputs = LossInputs(config.schedule, generator, config.loss)
+            loss = get_objective(config.objective, "train config").loss(net, cond, target, inputs)
         optimizer.zero_grad(set_to_none=True)
         loss.float().backward()
     optimizer.step()
@@ -149,30 +144,23 @@ def validate(
     net.eval()
     autocast = autocast_dtype(config.precision, device)
     chunk = max(config.batch, 16)
+    objective = get_objective(config.objective, "train config")
+    sampling = SamplerSettings(sampler=config.val_sampler, steps=config.val_steps, eta=0.0, spacing="quadratic",
+                               clip_x0=config.val_clip_x0)
     errors = []
     try:
         for start in range(0, len(cond), chunk):
             x = torch.from_numpy(cond[start : start + chunk]).to(device)
             y = torch.from_numpy(target[start : start + chunk]).to(device)
-            if config.objective == "diffusion":
+            if objective.sampled:
                 keys = [TileKey(config.seed, 0, 0, 0, start + i, 0) for i in range(len(x))]
                 pred = sample_repeated(
-                    net,
-                    x,
-                    keys,
-                    config.val_samples,
-                    config.schedule,
-                    sampler=config.val_sampler,
-                    steps=config.val_steps,
-                    device=device,
-                    max_batch=chunk,
-                    pad_batches=False,
-                    autocast_dtype=autocast,
-                    clip_x0=config.val_clip_x0,
+                    net, x, keys, config.val_samples, config.schedule, sampling, objective=objective,
+                    device=device, max_batch=chunk, pad_batches=False, autocast_dtype=autocast,
                 ).mean
             else:
                 with network_autocast(device.type, autocast):
-                    pred = predict_regression(net, x)
+                    pred = predict_once(net, x)
             errors.append((pred.float() - y).abs().mean(dim=(1, 2, 3)).cpu())
     finally:
         net.train(was_training)

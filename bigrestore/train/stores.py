@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bigrestore.errors import BadInputError, describe
-from bigrestore.io.ome import OpenedImage, open_image
+from bigrestore.io.images import OpenedImage, open_image
 
 #: A plane of a pair: (t index, position in StorePair.channels, z index); 0 for absent axes.
 Plane = tuple[int, int, int]

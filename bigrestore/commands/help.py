@@ -1,0 +1,33 @@
+"""``--help`` with options in named sections (click lists them in one flat block otherwise)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+
+class SectionedCommand(click.Command):
+    """A command whose options carry a section name (``section=`` in :func:`option`) and are
+    listed under it, in the order the sections first appear."""
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        sections: dict[str, list[tuple[str, str]]] = {}
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is not None:
+                sections.setdefault(getattr(param, "section", "Other options"), []).append(record)
+        for title, records in sections.items():
+            with formatter.section(title):
+                formatter.write_dl(records)
+
+
+class SectionedOption(click.Option):
+    def __init__(self, *args: Any, section: str = "Other options", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.section = section
+
+
+def option(*decls: str, section: str, **kwargs: Any) -> Any:
+    """``click.option`` with a help section."""
+    return click.option(*decls, cls=SectionedOption, section=section, **kwargs)

@@ -1,0 +1,139 @@
+"""``bigrestore run``: parse options into RunSettings and a ClusterSpec, call
+:func:`bigrestore.run.restore.restore`, draw the progress bar and print where the outputs are."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from bigrestore.commands.help import SectionedCommand, option
+
+IO = "Input and output"
+SAMPLING = "Sampling"
+CLUSTER = "Where it runs"
+ADVANCED = "Advanced"
+
+
+def _sampler_choices() -> list[str]:
+    from bigrestore.diffusion.samplers import SAMPLERS
+
+    return list(SAMPLERS)
+
+
+@click.command("run", cls=SectionedCommand)
+@click.argument("input_path", metavar="INPUT.zarr", type=click.Path(path_type=Path))
+@option("-o", "--output", section=IO, type=click.Path(path_type=Path), default=None,
+        help="Output store [default: INPUT.restored.zarr].")
+@option("--model", section=IO, type=click.Path(path_type=Path), default=None,
+        help="Model directory (safetensors + JSON) [default: the bundled W2S model].")
+@option("--channels", section=IO, default=None, help="Comma-separated channel names or indices to restore.")
+@option("--resume", section=IO, is_flag=True, help="Continue an interrupted run (same model and settings).")
+@option("--overwrite", section=IO, is_flag=True, help="Replace an existing output (only one bigrestore wrote).")
+@option("--dtype", section=IO, type=click.Choice(["float32", "uint16", "uint8"]), default="float32",
+        show_default=True, help="dtype of the mean (clipped; count reported). std/entropy stay float32.")
+@option("--output-scale", section=IO, type=click.Choice(["target", "input"]), default="target",
+        show_default=True, help="Map the mean back to the model's target intensities, or to the input's.")
+@option("--samples", section=SAMPLING, default=8, show_default=True,
+        help="Samples per tile N; the mean is DDPM-avg, std/entropy their spread (paper: 15).")
+@option("--sampler", section=SAMPLING, type=click.Choice(_sampler_choices()), default="ddim", show_default=True,
+        help="ancestral = the paper's Eq. 7 with all T steps (slow).")
+@option("--steps", section=SAMPLING, type=int, default=50, show_default=True,
+        help="Network evaluations per sample (ancestral uses T).")
+@option("--eta", section=SAMPLING, type=float, default=1.0, show_default=True,
+        help="DDIM stochasticity: 1 = DDPM posterior noise (robust), 0 = deterministic.")
+@option("--seed", section=SAMPLING, default=0, show_default=True,
+        help="Run seed: noise is keyed by (seed, position, sample).")
+@option("--workers", section=CLUSTER, type=int, default=None,
+        help="CPU Dask workers [default: one per usable core].")
+@option("--threads-per-worker", section=CLUSTER, type=int, default=1, show_default=True,
+        help="torch threads in each worker; the output's bytes depend on it (recorded, kept by --resume).")
+@option("--gpus", section=CLUSTER, type=int, default=0, help="Use N GPUs: one Dask worker per GPU.")
+@option("--scheduler", section=CLUSTER, default=None,
+        help="Address of an existing Dask scheduler (e.g. from dask-jobqueue).")
+@option("--device", section=CLUSTER, type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@option("--precision", section=CLUSTER, type=click.Choice(["auto", "fp32", "bf16"]), default="auto",
+        show_default=True, help="Network arithmetic: auto = bf16 on GPUs and on CPUs with native bf16, else fp32.")
+@option("--spacing", section=ADVANCED, type=click.Choice(["uniform", "quadratic"]), default="uniform",
+        show_default=True, help="Spacing of the sampler's steps over the T schedule steps.")
+@option("--clip/--no-clip", "clip_x0", section=ADVANCED, default=True, show_default=True,
+        help="Clip each predicted clean image to the model's [-1, 1] range while sampling.")
+@option("--tile", section=ADVANCED, type=int, default=None,
+        help="Tile size in pixels (YX) [default: twice the model's training patch size].")
+@option("--overlap", section=ADVANCED, type=int, default=None,
+        help="Overlap of neighbouring tiles, pixels [default: tile/4].")
+@option("--batch", section=ADVANCED, default=8, show_default=True, help="Network batch size (tiles x samples) per call.")
+@option("--chunk", section=ADVANCED, default=512, show_default=True, help="Output chunk size in YX (one block = one chunk).")
+@option("--save-samples", section=ADVANCED, is_flag=True, help="Also write every sample as OUTPUT/samples/NN.zarr.")
+@option("--series", section=ADVANCED, type=int, default=None, help="Image of a bioformats2raw store.")
+@option("--ngff-version", section=ADVANCED, type=click.Choice(["0.4", "0.5"]), default=None,
+        help="0.5 (zarr v3, default) or 0.4 (zarr v2); --resume keeps the store's.")
+def command(input_path: Path, output: Path | None, model: Path | None, channels: str | None, resume: bool,
+            overwrite: bool, dtype: str, output_scale: str, samples: int, sampler: str, steps: int, eta: float,
+            seed: int, workers: int | None, threads_per_worker: int, gpus: int, scheduler: str | None, device: str, precision: str, spacing: str,
+            clip_x0: bool, tile: int | None, overlap: int | None, batch: int, chunk: int, save_samples: bool,
+            series: int | None, ngff_version: str | None) -> None:
+    """Restore an OME-Zarr image tile by tile on a Dask cluster.
+
+    Writes OUTPUT/mean, OUTPUT/std and OUTPUT/entropy, each a multiscale OME-Zarr image with the
+    input's axes and pixel size. Every tile is sampled N times with noise keyed by its position,
+    so the result does not depend on the number of workers. Interrupted runs continue with
+    --resume.
+
+    \b
+    Examples:
+      bigrestore run stack.zarr --samples 4 --steps 20          # quicker, rougher
+      bigrestore run slide.zarr --gpus 4 --samples 15           # one worker per GPU
+      bigrestore run slide.zarr --scheduler tcp://10.0.0.5:8786 # existing cluster
+    """
+    from bigrestore.run.cluster import cluster_spec
+    from bigrestore.run.restore import restore
+    from bigrestore.run.settings import run_settings
+
+    sampling = {"sampler": sampler, "steps": None if sampler == "ancestral" else steps, "eta": eta,
+                "spacing": spacing, "clip_x0": clip_x0}
+    settings = run_settings(samples=samples, sampling=sampling, tile=tile, overlap=overlap, seed=seed,
+                            batch=batch, dtype=dtype, output_scale=output_scale, chunk=chunk,
+                            save_samples=save_samples, precision=precision)
+    cluster = cluster_spec(gpus=gpus, workers=workers, scheduler=scheduler, threads_per_worker=threads_per_worker)
+    bar = ProgressBar()
+    try:
+        result = restore(input_path, output, model=model, settings=settings, cluster=cluster,
+                         channels=tuple(channels.split(",")) if channels else None, series=series,
+                         resume=resume, overwrite=overwrite, ngff_version=ngff_version, device=device,
+                         progress=bar.update, on_client=dashboard_line)
+    finally:
+        bar.close()
+    tiles_per_s = result.tiles / result.seconds if result.seconds else 0.0
+    click.echo(f"restored {result.blocks_done_now}/{result.blocks_total} blocks, {result.tiles} tiles "
+               f"in {result.seconds:.1f} s ({tiles_per_s:.2f} tiles/s)")
+    if result.clipped:
+        click.echo(f"note: {result.clipped} pixels of the mean were clipped to the {dtype} range")
+    for name in result.manifest.get("outputs", []):
+        click.echo(f"  {result.output / name}")
+
+
+def dashboard_line(client: Any) -> None:
+    """Print where the Dask dashboard is, on its own line (stderr)."""
+    click.echo(f"Dask dashboard: {client.dashboard_link}", err=True)
+
+
+class ProgressBar:
+    """A tqdm bar over blocks, drawn at the first finished block (so refusals print one line)."""
+
+    def __init__(self, desc: str = "restoring") -> None:
+        self.desc = desc
+        self.bar: Any = None
+
+    def update(self, record: dict[str, Any], done: int, total: int) -> None:
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit="block", desc=self.desc, dynamic_ncols=True)
+        self.bar.update(1)
+        self.bar.set_postfix(tiles=record["tiles"], device=record.get("device", "?"), refresh=False)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

@@ -1,0 +1,146 @@
+"""Reading OME-Zarr images lazily: NGFF 0.4 (zarr v2), 0.5 (zarr v3) and bioformats2raw stores.
+
+:func:`open_image` parses the ``multiscales`` metadata into an :class:`ImageMeta` and returns
+the pixels as a dask array without reading them. Nothing here writes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import zarr
+
+from bigrestore.errors import BadInputError, MissingInputError, describe
+from bigrestore.io.meta import ImageMeta, normalise_unit, validate_axes
+from bigrestore.io.ngff import ome_attributes
+
+
+@dataclass(frozen=True)
+class OpenedImage:
+    """A lazily opened OME-Zarr image: ``data`` is the dask array of the requested level."""
+
+    path: Path
+    data: da.Array
+    meta: ImageMeta
+    ngff_version: str
+    level: int
+    level_paths: tuple[str, ...]
+    level_shapes: tuple[tuple[int, ...], ...]
+    chunks: tuple[int, ...]
+
+
+
+CONVERT_HINT = "convert it first with: bigrestore convert {path} OUT.zarr"
+
+
+def _open_group(path: Path) -> zarr.Group:
+    if not path.exists():
+        raise MissingInputError(f"{path}: no such file or directory")
+    if path.is_file():
+        raise BadInputError(
+            describe(path, "input", "an OME-Zarr store (a directory)", f"a file ({path.suffix or 'no suffix'})")
+            + "; " + CONVERT_HINT.format(path=path)
+        )
+    try:
+        node = zarr.open(str(path), mode="r")
+    except Exception as exc:  # zarr raises several types for "not zarr"
+        raise BadInputError(
+            describe(path, "store", "a zarr group (OME-Zarr)", f"{type(exc).__name__}: {exc}")
+            + "; " + CONVERT_HINT.format(path=path)
+        ) from exc
+    if not isinstance(node, zarr.Group):
+        raise BadInputError(
+            describe(path, "store", "an OME-Zarr image group", f"a plain zarr array of shape {node.shape}")
+            + "; " + CONVERT_HINT.format(path=path)
+        )
+    return node
+
+
+def _select_series(group: zarr.Group, path: Path, series: int | None) -> tuple[zarr.Group, Path]:
+    ome, _ = ome_attributes(group)
+    if "bioformats2raw.layout" in ome and "multiscales" not in ome:
+        key = str(series or 0)
+        if key not in group:
+            found = sorted(k for k in group.group_keys() if k.isdigit())
+            raise BadInputError(describe(path, "series", f"one of {found}", series))
+        return group[key], path / key
+    if series not in (None, 0):
+        raise BadInputError(describe(path, "series", "no --series (not a bioformats2raw store)", series))
+    return group, path
+
+
+def _level_transform(dataset: dict[str, Any], ndim: int) -> tuple[list[float], list[float]]:
+    scale, translation = [1.0] * ndim, [0.0] * ndim
+    for transform in dataset.get("coordinateTransformations", []):
+        if transform.get("type") == "scale":
+            scale = [float(v) for v in transform["scale"]]
+        elif transform.get("type") == "translation":
+            translation = [float(v) for v in transform["translation"]]
+    return scale, translation
+
+
+def open_image(path: str | Path, level: int = 0, series: int | None = None) -> OpenedImage:
+    """Open an OME-Zarr image without reading pixels; never writes to ``path``.
+
+    Returns the requested pyramid level as a dask array (one dask chunk per zarr chunk) with
+    the level-0 physical metadata (scale and translation of level 0, whatever ``level`` is).
+    """
+    path = Path(path)
+    group, path = _select_series(_open_group(path), path, series)
+    ome, version = ome_attributes(group)
+    multiscales = ome.get("multiscales")
+    if not multiscales:
+        raise BadInputError(
+            describe(path, "multiscales", "NGFF multiscales metadata", "none")
+            + "; if this is image data without OME metadata, " + CONVERT_HINT.format(path=path)
+        )
+    ms = multiscales[0]
+    version = version or str(ms.get("version", "0.4"))
+    axes_meta = ms.get("axes") or [{"name": a} for a in "tczyx"]
+    axes = "".join((a["name"] if isinstance(a, dict) else a) for a in axes_meta)
+    units = tuple(normalise_unit(a.get("unit")) if isinstance(a, dict) else None for a in axes_meta)
+    datasets = ms.get("datasets", [])
+    if not 0 <= level < len(datasets):
+        raise BadInputError(describe(path, "level", f"0..{len(datasets) - 1}", level))
+    level_paths = tuple(str(d["path"]) for d in datasets)
+    try:
+        arrays = [group[p] for p in level_paths]
+    except KeyError as exc:
+        raise BadInputError(describe(path, "datasets", "arrays named in multiscales", exc)) from exc
+    ndim = arrays[0].ndim
+    validate_axes(axes, ndim, path)
+    dtype = np.dtype(arrays[0].dtype)
+    if dtype.kind not in "uif":
+        raise BadInputError(describe(path, "dtype", "an integer or floating-point image", dtype))
+    scale, translation = _level_transform(datasets[0], ndim)
+    global_scale, global_translation = _level_transform(ms, ndim)
+    scale = [s * g for s, g in zip(scale, global_scale, strict=True)]
+    translation = [t * g + gt for t, g, gt in zip(translation, global_scale, global_translation, strict=True)]
+    channel_names = None
+    omero = ome.get("omero")
+    if omero and omero.get("channels"):
+        channel_names = tuple(str(c.get("label", i)) for i, c in enumerate(omero["channels"]))
+    meta = ImageMeta(
+        axes=axes,
+        scale=tuple(scale),
+        translation=tuple(translation),
+        units=units,
+        channel_names=channel_names,
+        name=str(ms.get("name") or path.stem),
+    )
+    array = arrays[level]
+    data = da.from_zarr(array)
+    return OpenedImage(
+        path=path,
+        data=data,
+        meta=meta,
+        ngff_version=version,
+        level=level,
+        level_paths=level_paths,
+        level_shapes=tuple(tuple(a.shape) for a in arrays),
+        chunks=tuple(array.chunks),
+    )

@@ -1,0 +1,236 @@
+"""Planning a run: everything is checked and decided here, before anything is written.
+
+:func:`make_plan` opens the input and the model file (weights are not loaded), validates the
+settings against both, picks channels, computes the volume-global intensity statistics and lays
+out the tasks (one per output block and plane) and their cost. ``bigrestore run`` then only
+executes the plan (DESIGN.md decision 8: bad input is refused before any compute or write).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from bigrestore.errors import BadInputError, IncompatibleModelError, MissingInputError, describe
+from bigrestore.intensity import Stats, percentile_stats
+from bigrestore.io.images import OpenedImage, open_image
+from bigrestore.io.meta import ImageMeta
+from bigrestore.io.runstore import LevelZero
+from bigrestore.outputs import PlannedOutput, planned_outputs
+from bigrestore.run.settings import RunSettings, bundled_model_path
+from bigrestore.run.tasks import BlockTask, RunJob
+from bigrestore.run.tiling import TileGrid, plan_blocks
+
+if TYPE_CHECKING:
+    from bigrestore.model.files import ModelInfo
+
+#: Pixels of one plane above which a coarser pyramid level is used for the percentiles.
+STATS_LEVEL_PIXELS = 1024 * 1024
+#: At most this many pixels (a strided subsample of planes) give a channel's percentiles.
+STATS_PIXELS = 4_000_000
+
+Group = tuple[tuple[int, ...], tuple[int, ...]]  # (input channels, output channel positions)
+
+
+@dataclass(frozen=True)
+class Cost:
+    """What a run will compute: tiles (tile computations, duplicates on block borders
+    included), network evaluations (one tile through the network once = 1) and tile pixels
+    per output pixel (overlap and duplicates together)."""
+
+    tiles: int
+    network_evaluations: int
+    tile_pixels_per_output_pixel: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"tiles": self.tiles, "network_evaluations": self.network_evaluations,
+                "tile_pixels_per_output_pixel": round(self.tile_pixels_per_output_pixel, 4)}
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """A validated run: the job every task shares, the tasks, and what the output holds."""
+
+    input_path: Path
+    image: OpenedImage
+    model: ModelInfo
+    settings: RunSettings
+    job: RunJob
+    tasks: list[BlockTask]
+    done_shape: tuple[int, ...]
+    outputs: list[PlannedOutput]
+    level0: list[LevelZero]
+    out_meta: ImageMeta
+    channels: list[int]
+    input_stats: dict[int, Stats]
+    output_stats: list[Stats]
+    cost: Cost
+
+
+def select_channels(image: OpenedImage, channels: tuple[str, ...] | None) -> list[int]:
+    """Input channel indices from names or indices (default: all)."""
+    meta = image.meta
+    n = image.data.shape[meta.axes.index("c")] if "c" in meta.axes else 1
+    if not channels:
+        return list(range(n))
+    names = list(meta.channel_names or [])
+    chosen = []
+    for item in channels:
+        if item.isdigit() and int(item) < n:
+            chosen.append(int(item))
+        elif item in names:
+            chosen.append(names.index(item))
+        else:
+            raise BadInputError(describe(image.path, "--channels", f"indices 0..{n - 1} or names {names}", item))
+    return chosen
+
+
+def channel_groups(model: ModelInfo, selected: list[int]) -> list[Group]:
+    """Channels the model restores together: one by one (single-channel model) or all at once."""
+    unet = model.unet
+    if unet.cond_channels == 1:
+        return [((c,), (i,)) for i, c in enumerate(selected)]
+    if unet.cond_channels == len(selected) == unet.out_channels:
+        return [(tuple(selected), tuple(range(len(selected))))]
+    raise IncompatibleModelError(
+        describe(model.directory, "cond_channels", f"1 or {len(selected)} (selected channels)", unet.cond_channels)
+    )
+
+
+def input_statistics(image: OpenedImage, channels: list[int], p_low: float, p_high: float) -> dict[int, Stats]:
+    """Volume-global percentiles per channel, from the coarsest level still ≥ ~1 MPixel per plane."""
+    level = 0
+    axes = image.meta.axes
+    iy, ix = axes.index("y"), axes.index("x")
+    for index, shape in enumerate(image.level_shapes):
+        if shape[iy] * shape[ix] >= STATS_LEVEL_PIXELS or index == 0:
+            level = index
+    data = open_image(image.path, level=level).data if level else image.data
+    stats = {}
+    for c in channels:
+        sub = data[(slice(None),) * axes.index("c") + (c,)] if "c" in axes else data
+        planes = sub.reshape((-1, *sub.shape[-2:]))
+        keep = max(1, int(STATS_PIXELS // (sub.shape[-2] * sub.shape[-1])))
+        step = max(1, -(-planes.shape[0] // keep))
+        try:
+            values = np.asarray(planes[::step].compute())
+        except (RuntimeError, ValueError, OSError) as exc:  # e.g. a chunk that does not decode
+            raise BadInputError(describe(image.path, "pixels", "readable chunks", f"{type(exc).__name__}: {exc}")) from exc
+        stats[c] = percentile_stats(values, p_low, p_high, where=f"{image.path} channel {c}")
+    return stats
+
+
+def plan_tasks(axes: str, shape: tuple[int, ...], groups: list[Group], settings: RunSettings) -> tuple[list[BlockTask], tuple[int, ...]]:
+    """One task per (t, channel group, z, block), and the shape of the done-record array."""
+    nt = shape[axes.index("t")] if "t" in axes else 1
+    nz = shape[axes.index("z")] if "z" in axes else 1
+    chunk = settings.chunk
+    blocks = plan_blocks(shape[axes.index("y")], shape[axes.index("x")], chunk, chunk, settings.chunks_per_block)
+    nby = 1 + max(b.index[0] for b in blocks)
+    nbx = 1 + max(b.index[1] for b in blocks)
+    tasks = [
+        BlockTask(t, z, inputs, outputs, block, (t, g, z, *block.index))
+        for t in range(nt)
+        for z in range(nz)
+        for g, (inputs, outputs) in enumerate(groups)
+        for block in blocks
+    ]
+    return tasks, (nt, len(groups), nz, nby, nbx)
+
+
+def plan_cost(tasks: list[BlockTask], grid: TileGrid, evaluations_per_tile: int) -> Cost:
+    """Tiles, network evaluations and tile pixels per output pixel of ``tasks``."""
+    per_block: dict[tuple[int, ...], int] = {}
+    output_pixels = 0
+    tiles = 0
+    for task in tasks:
+        key = task.block.region
+        if key not in per_block:
+            per_block[key] = len(grid.tiles_touching(*key))
+        tiles += per_block[key]
+        output_pixels += (task.block.y1 - task.block.y0) * (task.block.x1 - task.block.x0)
+    ratio = tiles * grid.tile**2 / output_pixels if output_pixels else math.nan
+    return Cost(tiles, tiles * evaluations_per_tile, ratio)
+
+
+def load_run_model(model: str | Path | None) -> ModelInfo:
+    """The model file (bundled when None), checked, weights not loaded."""
+    from bigrestore.model.files import read_model
+
+    path = Path(model) if model else bundled_model_path()
+    if not path.exists():
+        raise MissingInputError(f"{path}: no model here" + ("" if model else " (bundled model missing; pass --model)"))
+    return read_model(path)
+
+
+def check_finite(image: OpenedImage) -> None:
+    """Refuse a floating-point input with NaN or infinite pixels, naming the first position
+    (integer images cannot hold them). One lazy pass over the data, before anything is written."""
+    data = image.data
+    if not np.issubdtype(data.dtype, np.floating):
+        return
+    import dask.array as da
+
+    bad = ~da.isfinite(data)
+    if not bool(bad.any().compute()):
+        return
+    position = np.unravel_index(int(da.argmax(bad.ravel()).compute()), data.shape)
+    where = ", ".join(f"{a}={int(i)}" for a, i in zip(image.meta.axes, position, strict=True))
+    raise BadInputError(
+        describe(image.path, "pixels", "finite values", f"NaN or inf at {where}")
+        + "; replace them (e.g. with the background level) before restoring"
+    )
+
+
+def output_meta(image: OpenedImage, selected: list[int]) -> tuple[tuple[int, ...], ImageMeta]:
+    """Shape and metadata of every output image: the input's, with the selected channels."""
+    meta = image.meta
+    shape = list(image.data.shape)
+    if "c" in meta.axes:
+        shape[meta.axes.index("c")] = len(selected)
+    names = meta.channel_names or tuple(f"channel {i}" for i in range(max(selected) + 1))
+    channel_names = tuple(names[c] for c in selected) if "c" in meta.axes else None
+    return tuple(shape), ImageMeta(meta.axes, meta.scale, meta.translation, meta.units, channel_names, meta.name)
+
+
+def make_plan(
+    input_path: Path, output: Path, model: str | Path | None, settings: RunSettings,
+    channels: tuple[str, ...] | None, series: int | None, device: str, torch_threads: int,
+) -> RunPlan:
+    """Validate everything and lay out the run (reads the input's statistics; writes nothing)."""
+    image = open_image(input_path, series=series)
+    info = load_run_model(model)
+    settings = settings.resolved(info.unet.train_resolution)
+    grid_check = TileGrid(8, 8, settings.tile, settings.overlap, info.unet.downsample_factor)
+    if info.objective.sampled:
+        settings.sampling.timesteps(info.schedule, "run settings")
+    selected = select_channels(image, channels)
+    groups = channel_groups(info, selected)
+    out_shape, out_meta = output_meta(image, selected)
+    tasks, done_shape = plan_tasks(image.meta.axes, out_shape, groups, settings)
+    check_finite(image)
+    norm = info.normalization
+    stats = input_statistics(image, selected, norm.p_low, norm.p_high)
+    use_target = settings.output_scale == "target" and norm.target is not None
+    targets = [norm.target.stats() if use_target else stats[c] for c in selected]  # type: ignore[union-attr]
+    job = RunJob(
+        input_array=str(image.path / image.level_paths[0]), axes=image.meta.axes, output_root=str(output),
+        out_axes_shape=out_shape, model_path=str(info.directory), model_sha256=info.weights_sha256,
+        settings=settings, input_stats=tuple(stats.get(c, Stats(0.0, 1.0)) for c in range(max(selected) + 1)),
+        output_stats=tuple(targets), objective=info.objective.name, sampled=info.objective.sampled,
+        schedule=info.schedule.to_dict(),
+        multiple=grid_check.multiple, device=device, torch_threads=torch_threads,
+    )
+    outputs = planned_outputs(info.objective.sampled, settings.samples, settings.save_samples)
+    chunks = tuple(min(n, settings.chunk) if a in "yx" else 1 for a, n in zip(image.meta.axes, out_shape, strict=True))
+    level0 = [
+        LevelZero(p.path, out_shape, settings.dtype if p.volume.dtype == "run" else p.volume.dtype, image.meta.axes, chunks)
+        for p in outputs
+    ]
+    cost = plan_cost(tasks, job.grid, job.evaluations_per_tile())
+    return RunPlan(input_path, image, info, settings, job, tasks, done_shape, outputs, level0, out_meta,
+                   selected, stats, targets, cost)
