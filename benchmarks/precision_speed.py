@@ -28,8 +28,13 @@ from bigrestore.run.settings import bundled_model_path
 VARIANTS = [("fp32", "nchw"), ("fp32", "nhwc"), ("bf16", "nchw"), ("bf16", "nhwc")]
 
 
-def call(net: torch.nn.Module, precision: str, batch: tuple[torch.Tensor, ...], train: bool,
-         optimizer: torch.optim.Optimizer | None) -> None:
+def call(
+    net: torch.nn.Module,
+    precision: str,
+    batch: tuple[torch.Tensor, ...],
+    train: bool,
+    optimizer: torch.optim.Optimizer | None,
+) -> None:
     cond, y, ab = batch
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
         out = net(cond, y, ab)
@@ -52,8 +57,11 @@ def main() -> None:
 
     def batch(n: int) -> tuple[torch.Tensor, ...]:
         side = net.config.train_resolution
-        return (torch.randn(n, 1, side, side, generator=gen), torch.randn(n, 1, side, side, generator=gen),
-                torch.rand(n, generator=gen) * 0.98 + 0.01)
+        return (
+            torch.randn(n, 1, side, side, generator=gen),
+            torch.randn(n, 1, side, side, generator=gen),
+            torch.rand(n, generator=gen) * 0.98 + 0.01,
+        )
 
     rows = []
     for threads in args.threads:
@@ -80,22 +88,39 @@ def main() -> None:
             base = statistics.median(times[("fp32", "nchw")])
             for (precision, layout), ts in times.items():
                 med = statistics.median(ts)
-                row = {"threads": threads, "mode": mode, "precision": precision, "layout": layout, "batch": n,
-                       "median_s": med, "speedup_vs_fp32_nchw": base / med}
-                row["value"] = (f"{1000 * med / n:.2f} ms/tile" if mode == "inference"
-                                else f"{n / med:.1f} patches/s")
+                row = {
+                    "threads": threads,
+                    "mode": mode,
+                    "precision": precision,
+                    "layout": layout,
+                    "batch": n,
+                    "median_s": med,
+                    "speedup_vs_fp32_nchw": base / med,
+                }
+                row["value"] = (
+                    f"{1000 * med / n:.2f} ms/tile"
+                    if mode == "inference"
+                    else f"{n / med:.1f} patches/s"
+                )
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-    report = {"command": "python benchmarks/precision_speed.py", "model": str(args.model),
-              "cpu": platform.processor() or platform.machine(), "native_bf16": native_bf16(torch.device("cpu")),
-              "torch": torch.__version__, "rows": rows}
+    report = {
+        "command": "python benchmarks/precision_speed.py",
+        "model": str(args.model),
+        "cpu": platform.processor() or platform.machine(),
+        "native_bf16": native_bf16(torch.device("cpu")),
+        "torch": torch.__version__,
+        "rows": rows,
+    }
     if args.out:
         args.out.write_text(json.dumps(report, indent=1) + "\n")
     print("| threads | mode | precision | layout | value | speed-up vs fp32 NCHW |")
     print("| --- | --- | --- | --- | --- | --- |")
     for r in rows:
-        print(f"| {r['threads']} | {r['mode']} | {r['precision']} | {r['layout']} | {r['value']} | "
-              f"{r['speedup_vs_fp32_nchw']:.2f}x |")
+        print(
+            f"| {r['threads']} | {r['mode']} | {r['precision']} | {r['layout']} | {r['value']} | "
+            f"{r['speedup_vs_fp32_nchw']:.2f}x |"
+        )
 
 
 if __name__ == "__main__":

@@ -30,9 +30,9 @@ from bigrestore.evaluate.scoring import evaluate
 from bigrestore.io.meta import ImageMeta
 from bigrestore.io.write import write_image
 from bigrestore.model.files import load_model
-from bigrestore.run.block import RestoreSettings
 from bigrestore.run.cluster import ClusterSpec
 from bigrestore.run.restore import restore
+from bigrestore.run.settings import RunSettings, run_settings
 
 CROP = 256
 METRICS = ("mae", "psnr", "nrmse", "pearson", "ms_ssim", "resolution_ratio")
@@ -52,11 +52,19 @@ def save(path: Path, data: np.ndarray) -> Path:
     return path
 
 
-def restored(work: Path, name: str, source: Path, model: Path, workers: int, **settings) -> tuple[Path, float]:
+def restored(
+    work: Path, name: str, source: Path, model: Path, workers: int, **settings
+) -> tuple[Path, float]:
     """Run `bigrestore run` (the real tiled, Dask path) and return the output store and its seconds."""
     out = work / f"{name}.restored.zarr"
-    result = restore(source, out, model=model, settings=RestoreSettings(**settings), overwrite=True,
-                     cluster=ClusterSpec(workers=workers, threads_per_worker=1))
+    result = restore(
+        source,
+        out,
+        model=model,
+        settings=run_settings(**settings),
+        overwrite=True,
+        cluster=ClusterSpec(workers=workers, threads_per_worker=1),
+    )
     return out, result.seconds
 
 
@@ -67,7 +75,11 @@ def table(result, methods: list[str]) -> str:
         cells = []
         for metric in METRICS:
             value = result.summary[m].get(metric, {}).get("median", float("nan"))
-            text = f"{value:.4f}" if metric in ("pearson", "ms_ssim", "nrmse", "mae") else f"{value:.2f}"
+            text = (
+                f"{value:.4f}"
+                if metric in ("pearson", "ms_ssim", "nrmse", "mae")
+                else f"{value:.2f}"
+            )
             cells.append(f"**{text}**" if best.get(metric) == m else text)
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -76,11 +88,21 @@ def table(result, methods: list[str]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("work", type=Path)
-    parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
-    parser.add_argument("--samples", type=int, default=15, help="Samples per tile N (the paper's 15).")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                        help="Dask workers, one torch thread each (the result does not depend on it).")
-    parser.add_argument("--fields", type=int, default=6, help="Validation fields used (of 20), 3 channels each.")
+    parser.add_argument(
+        "--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data"
+    )
+    parser.add_argument(
+        "--samples", type=int, default=15, help="Samples per tile N (the paper's 15)."
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="Dask workers, one torch thread each (the result does not depend on it).",
+    )
+    parser.add_argument(
+        "--fields", type=int, default=6, help="Validation fields used (of 20), 3 channels each."
+    )
     parser.add_argument("--out", type=Path, default=Path("docs/benchmarks-w2s.json"))
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -91,39 +113,66 @@ def main() -> None:
 
     low = centre_crops(args.data / "w2s/val_low.tif")[: args.fields]
     high = centre_crops(args.data / "w2s/val_high.tif")[: args.fields]
-    tlow, thigh = centre_crops(args.data / "w2s/train_low.tif"), centre_crops(args.data / "w2s/train_high.tif")
-    paths = {name: save(bench / f"{name}.zarr", arr)
-             for name, arr in (("raw", low), ("gt", high), ("train_raw", tlow), ("train_gt", thigh))}
+    tlow, thigh = (
+        centre_crops(args.data / "w2s/train_low.tif"),
+        centre_crops(args.data / "w2s/train_high.tif"),
+    )
+    paths = {
+        name: save(bench / f"{name}.zarr", arr)
+        for name, arr in (("raw", low), ("gt", high), ("train_raw", tlow), ("train_gt", thigh))
+    }
 
     ddpm_dir, reg_dir = work / "model_diffusion", work / "model_regression"
     n_images = low.shape[0] * low.shape[1]
     reg_out, seconds = restored(bench, "regression", paths["raw"], reg_dir, args.workers, batch=16)
     timings["regression s/image"] = seconds / n_images
-    defaults = RestoreSettings()
-    avg_out, seconds = restored(bench, "ddpm", paths["raw"], ddpm_dir, args.workers, samples=args.samples, save_samples=True,
-                                batch=16)
+    defaults = RunSettings().sampling
+    avg_out, seconds = restored(
+        bench,
+        "ddpm",
+        paths["raw"],
+        ddpm_dir,
+        args.workers,
+        samples=args.samples,
+        save_samples=True,
+        batch=16,
+    )
     sampler = f"{defaults.sampler} eta {defaults.eta:g}, {defaults.steps} {defaults.spacing} steps"
     timings[f"DDPM ({sampler}) x {args.samples} samples s/image"] = seconds / n_images
 
     names = ["regression (CARE-like)", "DDPM single sample", f"DDPM-avg (N={args.samples})"]
     result = evaluate(
-        [reg_out / "mean", avg_out / "samples" / "00.zarr", avg_out / "mean"], paths["gt"], names=names,
-        raw=paths["raw"], val_for_sigma=(paths["train_raw"], paths["train_gt"]), samples=avg_out / "samples",
-        std=avg_out / "std", entropy=avg_out / "entropy",
-        patch=CROP, report_dir=work / "quality_report", model_dir=ddpm_dir, overwrite=True,
+        [reg_out / "mean", avg_out / "samples" / "00.zarr", avg_out / "mean"],
+        paths["gt"],
+        names=names,
+        raw=paths["raw"],
+        val_for_sigma=(paths["train_raw"], paths["train_gt"]),
+        samples=avg_out / "samples",
+        std=avg_out / "std",
+        entropy=avg_out / "entropy",
+        patch=CROP,
+        report_dir=work / "quality_report",
+        model_dir=ddpm_dir,
+        overwrite=True,
     )
     methods = list(result.methods)
     record = {
         "command": "benchmarks/train_w2s.sh WORK 40 && python benchmarks/quality_w2s.py WORK",
-        "machine": {"cpu_count": torch.get_num_threads(), "platform": platform.platform(),
-                    "processor": platform.processor(), "torch": torch.__version__},
+        "machine": {
+            "cpu_count": torch.get_num_threads(),
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "torch": torch.__version__,
+        },
         "images": n_images,
         "sampler": sampler,
         "evaluation": result.to_dict(),
         "table": table(result, methods),
         "timings": timings,
-        "models": {"diffusion": load_model(ddpm_dir)[1].get("provenance", {}),
-                   "regression": load_model(reg_dir)[1].get("provenance", {})},
+        "models": {
+            "diffusion": load_model(ddpm_dir)[1].get("provenance", {}),
+            "regression": load_model(reg_dir)[1].get("provenance", {}),
+        },
     }
     args.out.write_text(json.dumps(record, indent=2, default=str))
     print(record["table"])

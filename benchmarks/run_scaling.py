@@ -47,19 +47,19 @@ from typing import Any
 import numpy as np
 import psutil
 import torch
-from bigrestore.diffusion.core import Schedule, sample_repeated
 
 from bigrestore.devices import autocast_dtype
-from bigrestore.diffusion.noise import TileKey
-from bigrestore.intensity import P_HIGH, P_LOW, to_model
-from bigrestore.io.images import open_image
+from bigrestore.diffusion.objectives import get_objective
 from bigrestore.io.meta import default_meta
 from bigrestore.io.write import write_image
 from bigrestore.model.files import load_model
-from bigrestore.run.block import RestoreSettings
+from bigrestore.run.block import normalise, read_block, sample_tiles, tiles_of
 from bigrestore.run.cluster import ClusterSpec
-from bigrestore.run.restore import bundled_model_path, input_statistics, restore
-from bigrestore.run.tiling import TileGrid, block_read_region, cut_tiles, pad_region, plan_blocks
+from bigrestore.run.plan import make_plan
+from bigrestore.run.restore import restore
+from bigrestore.run.settings import RunSettings, bundled_model_path, run_settings
+from bigrestore.run.tasks import RunJob
+from bigrestore.run.tiling import TileGrid, plan_blocks
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "w2s" / "val_low.tif"
 
@@ -93,7 +93,7 @@ def make_inputs(workdir: Path, side: int, data: Path) -> tuple[Path, Path, str]:
 
 
 def planned_tiles(
-    shape: tuple[int, int], s: RestoreSettings, multiple: int
+    shape: tuple[int, int], s: RunSettings, multiple: int
 ) -> tuple[TileGrid, list[Any]]:
     """The tile grid and, per output block, (block, origins of the tiles it computes), as ``run`` plans."""
     grid = TileGrid(shape[0], shape[1], s.tile, s.overlap, multiple)
@@ -101,7 +101,7 @@ def planned_tiles(
     return grid, [(b, grid.tiles_touching(*b.region)) for b in blocks]
 
 
-def tile_cost(shape: tuple[int, int], s: RestoreSettings, multiple: int) -> dict[str, Any]:
+def tile_cost(shape: tuple[int, int], s: RunSettings, multiple: int) -> dict[str, Any]:
     """Computed tile pixels per output pixel: with block duplicates (what runs) and on the grid alone."""
     grid, per_block = planned_tiles(shape, s, multiple)
     computed = sum(len(origins) for _, origins in per_block)
@@ -116,47 +116,36 @@ def tile_cost(shape: tuple[int, int], s: RestoreSettings, multiple: int) -> dict
     }
 
 
-def model_conditions(
-    path: Path, s: RestoreSettings, multiple: int, p_low: float, p_high: float
-) -> list[Any]:
-    """Per block: (condition tensor (B, 1, tile, tile), keys), prepared as compute_block does."""
-    image = open_image(path)
-    stats = input_statistics(image, [0], p_low, p_high)[0]
-    plane = to_model(np.asarray(image.data.compute()), stats)
-    grid, per_block = planned_tiles(plane.shape, s, multiple)
-    out = []
-    for block, origins in per_block:
-        ry0, ry1, rx0, rx1 = block_read_region(block, grid)
-        padded = pad_region(plane[None, ry0:ry1, rx0:rx1], grid, ry0, rx0)
-        tiles = cut_tiles(padded, grid, ry0, rx0, origins)
-        cond = torch.from_numpy(np.stack([tiles[o] for o in origins]))
-        out.append((cond, [TileKey(s.seed, 0, 0, 0, ty, tx) for ty, tx in origins]))
-    return out
+def model_inputs(
+    path: Path, unused_output: Path, model: Path, s: RunSettings
+) -> tuple[RunJob, list[Any]]:
+    """The run's own plan and, per block, (task, tile origins, condition tiles), prepared by
+    the block stages that ``run`` uses (read_block, normalise, tiles_of); nothing is written."""
+    plan = make_plan(path, unused_output, model, s, None, None, "cpu", 1)
+    prepared = []
+    for task in plan.tasks:
+        region, ry0, rx0 = read_block(plan.job, task, plan.job.grid)
+        origins, tiles = tiles_of(
+            normalise(region, plan.job, task), plan.job.grid, ry0, rx0, task.block
+        )
+        prepared.append((task, origins, torch.from_numpy(tiles)))
+    return plan.job, prepared
 
 
-def model_seconds(
-    net: torch.nn.Module, schedule: Schedule, conds: list[Any], s: RestoreSettings, threads: int
-) -> float:
-    """Wall time of the sample_repeated calls alone, in this process, ``threads`` torch threads."""
+def model_seconds(net: torch.nn.Module, job: RunJob, prepared: list[Any], threads: int) -> float:
+    """Wall time of the block stage ``sample_tiles`` alone (what a worker runs per block), in
+    this process, ``threads`` torch threads."""
     torch.set_num_threads(threads)
-    kwargs = dict(
-        sampler=s.sampler,
-        steps=s.steps,
-        eta=s.eta,
-        spacing=s.spacing,
-        device=torch.device("cpu"),
-        max_batch=s.batch,
-        clip_x0=s.clip_x0,
-        autocast_dtype=autocast_dtype(s.precision, torch.device("cpu")),  # as the workers resolve it
-    )
-    with torch.inference_mode():
-        sample_repeated(
-            net, conds[0][0][:1], conds[0][1][:1], 1, schedule, **{**kwargs, "steps": 1}
-        )  # warm-up
-        started = time.perf_counter()
-        for cond, keys in conds:
-            sample_repeated(net, cond, keys, s.samples, schedule, **kwargs)
-        return time.perf_counter() - started
+    objective = get_objective(job.objective)
+    autocast = autocast_dtype(
+        job.settings.precision, torch.device("cpu")
+    )  # as the workers resolve it
+    task, origins, cond = prepared[0]
+    sample_tiles(net, cond[:1], origins[:1], job, task, objective, autocast)  # warm-up
+    started = time.perf_counter()
+    for task, origins, cond in prepared:
+        sample_tiles(net, cond, origins, job, task, objective, autocast)
+    return time.perf_counter() - started
 
 
 # ----------------------------------------------------------------------------- worker memory
@@ -216,7 +205,7 @@ class WorkerMemory:
 
 
 def timed_restore(
-    path: Path, out: Path, model: Path, s: RestoreSettings, workers: int, threads: int
+    path: Path, out: Path, model: Path, s: RunSettings, workers: int, threads: int
 ) -> dict[str, Any]:
     """One end-to-end ``restore`` on a LocalCluster; wall time, phase times and worker memory."""
     memory = WorkerMemory()
@@ -402,8 +391,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--sampler", default="ddim")
     p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
-                   help="network arithmetic, for the model timing and the runs alike")
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32", "bf16"],
+        help="network arithmetic, for the model timing and the runs alike",
+    )
     p.add_argument("--chunk", type=int, default=256, help="output chunk = block side")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--memory-steps", type=int, default=1)
@@ -427,10 +420,9 @@ def main(argv: list[str] | None = None) -> int:
             "timings will not be clean",
             file=sys.stderr,
         )
-    net, info = load_model(args.model, device="cpu")
-    spec = info.meta
+    net, model_info = load_model(args.model, device="cpu")
     unet = net.config
-    settings = RestoreSettings(
+    settings = run_settings(
         samples=args.samples,
         sampler=args.sampler,
         steps=args.steps,
@@ -438,9 +430,6 @@ def main(argv: list[str] | None = None) -> int:
         chunk=args.chunk,
         precision=args.precision,
     ).resolved(unet.train_resolution)
-    schedule = Schedule.from_dict(spec["schedule"])
-    norm = spec.get("normalization", {})
-    p_low, p_high = float(norm.get("p_low", P_LOW)), float(norm.get("p_high", P_HIGH))
     multiple = unet.downsample_factor
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="run_scaling_"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -451,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
             "1x": tile_cost(shape_1x, settings, multiple),
             "16x": tile_cost(shape_16x, settings, multiple),
         }
-        conds = model_conditions(small, settings, multiple, p_low, p_high)
+        job, prepared = model_inputs(small, workdir / "unused.zarr", args.model, settings)
         thread_counts = [1, 2] if args.two_threads else [1]
         variants = [("1w1t", 1, 1), ("2w1t", 2, 1)]
         variants += [("1w2t", 1, 2)] if args.two_threads else []
@@ -459,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
         model_runs: dict[int, list[float]] = {k: [] for k in thread_counts}
         for r in range(args.repeats):  # interleaved, so slow drift in load hits every variant alike
             for threads in thread_counts:
-                model_runs[threads].append(model_seconds(net, schedule, conds, settings, threads))
+                model_runs[threads].append(model_seconds(net, job, prepared, threads))
                 print(
                     f"repeat {r}: model {threads}t {model_runs[threads][-1]:.2f} s", file=sys.stderr
                 )
@@ -472,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(
                     f"repeat {r}: restore {name} {runs[name][-1]['wall_s']:.2f} s", file=sys.stderr
                 )
-        mem_settings = replace(settings, steps=args.memory_steps)
+        mem_settings = settings.changed(steps=args.memory_steps)
         memory = {
             label: timed_restore(path, workdir / "out.zarr", args.model, mem_settings, 2, 1)
             for label, path in (("1x", small), ("16x", large))

@@ -20,11 +20,13 @@ from pathlib import Path
 import numpy as np
 import tifffile
 import torch
-from bigrestore.diffusion.core import Schedule, sample_repeated
 from scipy.ndimage import gaussian_filter
 
 from bigrestore.devices import autocast_dtype
 from bigrestore.diffusion.noise import TileKey
+from bigrestore.diffusion.repeated import sample_repeated
+from bigrestore.diffusion.samplers import SamplerSettings
+from bigrestore.diffusion.schedule import Schedule
 from bigrestore.intensity import percentile_stats, to_model
 from bigrestore.model.files import load_model
 
@@ -106,18 +108,17 @@ def main() -> None:
         if len(args.precision) > 1:
             label = f"{label} {'bf16' if autocast else 'fp32'}"
         start = time.perf_counter()
+        sampling = SamplerSettings(**{"steps": k, "clip_x0": True, **kw})
         result = sample_repeated(
             net,
             cond,
             keys,
             args.samples,
             schedule,
-            steps=k,
-            clip_x0=True,
+            sampling,
             max_batch=60,
             return_samples=True,
             autocast_dtype=autocast,
-            **kw,
         )
         seconds = time.perf_counter() - start
         tiles = len(cond) * args.samples * (args.crop / 64) ** 2

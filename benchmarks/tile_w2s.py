@@ -26,17 +26,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quality_w2s import centre_crops, save  # noqa: E402
 
 from bigrestore.evaluate.metrics import normalize_percentile, psnr  # noqa: E402
-from bigrestore.run.block import RestoreSettings  # noqa: E402
 from bigrestore.run.cluster import ClusterSpec  # noqa: E402
 from bigrestore.run.restore import restore  # noqa: E402
-from bigrestore.run.settings import bundled_model_path  # noqa: E402
+from bigrestore.run.settings import (  # noqa: E402
+    bundled_model_path,  # noqa: E402
+    run_settings,
+)
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "w2s"
 
 
 def median_psnr(mean: np.ndarray, high: np.ndarray) -> float:
-    scores = [psnr(normalize_percentile(mean[f, c]), normalize_percentile(high[f, c]), 1.0)
-              for f in range(high.shape[0]) for c in range(high.shape[1])]
+    scores = [
+        psnr(normalize_percentile(mean[f, c]), normalize_percentile(high[f, c]), 1.0)
+        for f in range(high.shape[0])
+        for c in range(high.shape[1])
+    ]
     return float(np.median(scores))
 
 
@@ -45,8 +50,12 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=bundled_model_path())
     parser.add_argument("--fields", type=int, default=2)
     parser.add_argument("--samples", type=int, default=4)
-    parser.add_argument("--tiles", nargs="+", default=["64:16", "64:32", "128:32", "256:0"],
-                        help="TILE:OVERLAP variants")
+    parser.add_argument(
+        "--tiles",
+        nargs="+",
+        default=["64:16", "64:32", "128:32", "256:0"],
+        help="TILE:OVERLAP variants",
+    )
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
@@ -57,23 +66,41 @@ def main() -> None:
         source = save(Path(tmp) / "raw.zarr", low)
         for variant in args.tiles:
             tile, overlap = (int(v) for v in variant.split(":"))
-            settings = RestoreSettings(samples=args.samples, tile=tile, overlap=overlap)
+            settings = run_settings(samples=args.samples, tile=tile, overlap=overlap)
             out = Path(tmp) / f"t{tile}_{overlap}.zarr"
-            result = restore(source, out, model=args.model, settings=settings,
-                             cluster=ClusterSpec(workers=args.workers, threads_per_worker=1))
+            result = restore(
+                source,
+                out,
+                model=args.model,
+                settings=settings,
+                cluster=ClusterSpec(workers=args.workers, threads_per_worker=1),
+            )
             mean = np.asarray(zarr.open_array(str(out / "mean" / "0")))
-            row = {"tile": tile, "overlap": overlap, "psnr": median_psnr(mean, high),
-                   "tiles": result.tiles, "seconds": result.seconds}
+            row = {
+                "tile": tile,
+                "overlap": overlap,
+                "psnr": median_psnr(mean, high),
+                "tiles": result.tiles,
+                "seconds": result.seconds,
+            }
             rows.append(row)
             print(json.dumps(row), flush=True)
-    report = {"model": str(args.model), "fields": args.fields, "planes": low.shape[0] * low.shape[1],
-              "samples": args.samples, "workers": args.workers, "rows": rows}
+    report = {
+        "model": str(args.model),
+        "fields": args.fields,
+        "planes": low.shape[0] * low.shape[1],
+        "samples": args.samples,
+        "workers": args.workers,
+        "rows": rows,
+    }
     if args.out:
         args.out.write_text(json.dumps(report, indent=1) + "\n")
     print("| tile | overlap | tiles computed | median PSNR (dB) | seconds |")
     print("| --- | --- | --- | --- | --- |")
     for r in rows:
-        print(f"| {r['tile']} | {r['overlap']} | {r['tiles']} | {r['psnr']:.2f} | {r['seconds']:.0f} |")
+        print(
+            f"| {r['tile']} | {r['overlap']} | {r['tiles']} | {r['psnr']:.2f} | {r['seconds']:.0f} |"
+        )
 
 
 if __name__ == "__main__":

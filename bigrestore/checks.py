@@ -31,7 +31,10 @@ def require_int(
     everything else are refused with ``error``."""
     bounds = " ".join(
         part
-        for part in (f">= {low}" if low is not None else "", f"<= {high}" if high is not None else "")
+        for part in (
+            f">= {low}" if low is not None else "",
+            f"<= {high}" if high is not None else "",
+        )
         if part
     )
     expected = f"an integer {bounds}".strip()
@@ -46,7 +49,9 @@ def require_int(
     return number
 
 
-def require_finite(value: object, field: str, where: object, error: type[Exception] = BadInputError) -> float:
+def require_finite(
+    value: object, field: str, where: object, error: type[Exception] = BadInputError
+) -> float:
     """``value`` as a float if it is a finite real number (not a bool, string or NaN/inf)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise error(describe(where, field, "a finite number", repr(value)))
@@ -123,7 +128,9 @@ def validate_model(
     if isinstance(data, model):
         return data
     if not isinstance(data, dict):
-        raise error(describe(where, prefix.rstrip(".") or "top level", "a mapping", type(data).__name__))
+        raise error(
+            describe(where, prefix.rstrip(".") or "top level", "a mapping", type(data).__name__)
+        )
     try:
         return model.model_validate(data)
     except ValidationError as exc:

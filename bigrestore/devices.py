@@ -1,17 +1,24 @@
-"""The torch device a process computes on, shared by ``bigrestore run`` workers and training."""
+"""The torch device a process computes on, shared by ``bigrestore run`` workers and training.
+
+torch is imported inside the functions: the command line validates settings (PRECISIONS)
+without paying torch's import time."""
 
 from __future__ import annotations
 
 import contextlib
-
-import torch
+from typing import TYPE_CHECKING
 
 from bigrestore.errors import UsageError, describe
+
+if TYPE_CHECKING:
+    import torch
 
 
 def _worker_gpu() -> int:
     """GPU index of this Dask worker: K for a worker named ``gpu-K`` (modulo the GPUs it sees,
     the layout of execute._gpu_cluster without dask-cuda), else 0 (dask-cuda pins one GPU)."""
+    import torch
+
     try:
         from distributed import get_worker
 
@@ -26,6 +33,8 @@ def _worker_gpu() -> int:
 def pick_device(name: str = "auto") -> torch.device:
     """The torch device for ``name``: auto (a GPU when torch sees one, else the CPU), cpu,
     cuda (this worker's GPU) or cuda:N. UsageError for cuda without a GPU or another name."""
+    import torch
+
     if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     indexed = name.startswith("cuda:") and name[5:].isdigit()
@@ -45,6 +54,8 @@ def native_bf16(device: torch.device) -> bool:
     CPUs with AMX or AVX512-BF16 (a network call of the bundled model measured 2.2x faster
     than fp32 on one such core, benchmarks/precision_speed.py). Other CPUs emulate bf16,
     which is slower than fp32, so auto keeps fp32 there."""
+    import torch
+
     if device.type == "cuda":
         return bool(torch.cuda.is_bf16_supported())
     if device.type != "cpu" or not torch.backends.mkldnn.is_available():
@@ -64,12 +75,20 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
     The sampler's and the optimiser's arithmetic stay fp32 either way; only the network's
     convolutions and matrix products drop to bf16."""
+    import torch
+
     check_precision(precision)
     if precision == "fp32" or (precision == "auto" and not native_bf16(device)):
         return None
     return torch.bfloat16
 
 
-def network_autocast(device_type: str, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+def network_autocast(
+    device_type: str, dtype: torch.dtype | None
+) -> contextlib.AbstractContextManager:
     """``torch.autocast`` to ``dtype`` for network calls on ``device_type``; no context for None."""
-    return torch.autocast(device_type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+    import torch
+
+    return (
+        torch.autocast(device_type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+    )

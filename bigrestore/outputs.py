@@ -54,14 +54,34 @@ UNIT_MAPS: dict[Units, Callable[[np.ndarray, Stats], np.ndarray]] = {
 }
 
 OUTPUTS: tuple[OutputVolume, ...] = (
-    OutputVolume("mean", "mean", "intensity", "run", "the restoration: mean of N samples (DDPM-avg)"),
-    OutputVolume("std", "std", "spread", "float32", "pixel std of the N samples (paper Eq. 15)", sampled_only=True),
     OutputVolume(
-        "entropy", "entropy", "bits", "float32",
-        "entropy of the samples' 8-bit values, bits (paper Eq. 16)", sampled_only=True,
+        "mean", "mean", "intensity", "run", "the restoration: mean of N samples (DDPM-avg)"
     ),
-    OutputVolume("samples", "sample", "intensity", "run", "each sample, with --save-samples", sampled_only=True,
-                 per_sample=True),
+    OutputVolume(
+        "std",
+        "std",
+        "spread",
+        "float32",
+        "pixel std of the N samples (paper Eq. 15)",
+        sampled_only=True,
+    ),
+    OutputVolume(
+        "entropy",
+        "entropy",
+        "bits",
+        "float32",
+        "entropy of the samples' 8-bit values, bits (paper Eq. 16)",
+        sampled_only=True,
+    ),
+    OutputVolume(
+        "samples",
+        "sample",
+        "intensity",
+        "run",
+        "each sample, with --save-samples",
+        sampled_only=True,
+        per_sample=True,
+    ),
 )
 BY_NAME = {volume.name: volume for volume in OUTPUTS}
 
@@ -85,7 +105,9 @@ def planned_outputs(sampled: bool, samples: int, save_samples: bool) -> list[Pla
             continue
         if volume.per_sample:
             if save_samples:
-                planned += [PlannedOutput(f"{volume.name}/{k:02d}.zarr", volume, k) for k in range(samples)]
+                planned += [
+                    PlannedOutput(f"{volume.name}/{k:02d}.zarr", volume, k) for k in range(samples)
+                ]
             continue
         planned.append(PlannedOutput(volume.name, volume))
     return planned

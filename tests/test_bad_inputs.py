@@ -56,7 +56,9 @@ def inputs(tmp_path) -> Path:
     group = zarr.open_group(str(complex_store), mode="r+")
     group.create_array("0", shape=(8, 8), dtype="complex64", overwrite=True)
     bools = image(root / "bool.zarr", np.zeros((8, 8), np.uint8))
-    zarr.open_group(str(bools), mode="r+").create_array("0", shape=(8, 8), dtype="bool", overwrite=True)
+    zarr.open_group(str(bools), mode="r+").create_array(
+        "0", shape=(8, 8), dtype="bool", overwrite=True
+    )
     wrong_axes = image(root / "axes.zarr", np.zeros((4, 8, 8), np.uint8), "zyx")
     attrs = dict(zarr.open_group(str(wrong_axes), mode="r").attrs)
     attrs["ome"]["multiscales"][0]["axes"] = attrs["ome"]["multiscales"][0]["axes"][1:]
@@ -64,17 +66,23 @@ def inputs(tmp_path) -> Path:
     return root
 
 
-@pytest.mark.parametrize(("name", "code", "field"), [
-    ("missing.zarr", 66, "no such"),
-    ("plain.zarr", 65, "store"),
-    ("complex.zarr", 65, "dtype"),
-    ("bool.zarr", 65, "dtype"),
-    ("axes.zarr", 65, "axes"),
-])
+@pytest.mark.parametrize(
+    ("name", "code", "field"),
+    [
+        ("missing.zarr", 66, "no such"),
+        ("plain.zarr", 65, "store"),
+        ("complex.zarr", 65, "dtype"),
+        ("bool.zarr", 65, "dtype"),
+        ("axes.zarr", 65, "axes"),
+    ],
+)
 def test_info_and_run_refuse_bad_inputs_untouched(inputs, tmp_path, name, code, field):
     before = tree_hash(inputs)
     model = tiny_model(tmp_path / "model")
-    for args in (("info", inputs / name), ("run", inputs / name, "-o", tmp_path / "out.zarr", "--model", model)):
+    for args in (
+        ("info", inputs / name),
+        ("run", inputs / name, "-o", tmp_path / "out.zarr", "--model", model),
+    ):
         exit_code, output = invoke(*args)
         assert exit_code == code, output
         assert field in output and "Traceback" not in output
@@ -86,7 +94,9 @@ def test_info_and_run_refuse_bad_inputs_untouched(inputs, tmp_path, name, code, 
 def test_existing_output_is_not_overwritten(inputs, tmp_path):
     out = image(tmp_path / "existing.zarr", np.ones((8, 8), np.uint8))
     before = tree_hash(out), tree_hash(inputs)
-    code, output = invoke("run", inputs / "good.zarr", "-o", out, "--model", tiny_model(tmp_path / "m"))
+    code, output = invoke(
+        "run", inputs / "good.zarr", "-o", out, "--model", tiny_model(tmp_path / "m")
+    )
     assert code == 73 and "--overwrite" in output
     assert (tree_hash(out), tree_hash(inputs)) == before
 
@@ -99,10 +109,19 @@ def test_missing_output_parent_is_refused(tmp_path):
 
 
 def test_corrupted_chunk_is_refused_before_writing(inputs, tmp_path):
-    chunk = next(p for p in (inputs / "good.zarr" / "0").rglob("*") if p.is_file() and p.name != "zarr.json")
+    chunk = next(
+        p for p in (inputs / "good.zarr" / "0").rglob("*") if p.is_file() and p.name != "zarr.json"
+    )
     chunk.write_bytes(b"\x00garbage" * 7)
     before = tree_hash(inputs)
-    code, output = invoke("run", inputs / "good.zarr", "-o", tmp_path / "o.zarr", "--model", tiny_model(tmp_path / "m"))
+    code, output = invoke(
+        "run",
+        inputs / "good.zarr",
+        "-o",
+        tmp_path / "o.zarr",
+        "--model",
+        tiny_model(tmp_path / "m"),
+    )
     assert code == 65 and "pixels" in output
     assert not (tmp_path / "o.zarr").exists()
     assert tree_hash(inputs) == before
@@ -115,12 +134,16 @@ def test_block_failure_on_a_worker_is_an_io_error(inputs, tmp_path):
     out = tmp_path / "o.zarr"
     model = tiny_model(tmp_path / "m")
     run_restore(inputs / "good.zarr", out, model=model, settings=SETTINGS)  # a valid run first
-    chunk = next(p for p in (inputs / "good.zarr" / "0").rglob("*") if p.is_file() and p.name != "zarr.json")
+    chunk = next(
+        p for p in (inputs / "good.zarr" / "0").rglob("*") if p.is_file() and p.name != "zarr.json"
+    )
     chunk.write_bytes(b"\x00garbage" * 7)
     import bigrestore.run.plan as plan
 
     original = plan.input_statistics
-    plan.input_statistics = lambda image, channels, lo, hi: {c: plan.Stats(0.0, 1.0) for c in channels}
+    plan.input_statistics = lambda image, channels, lo, hi: {
+        c: plan.Stats(0.0, 1.0) for c in channels
+    }
     try:
         with pytest.raises(IOFailure, match="--resume"):
             run_restore(inputs / "good.zarr", tmp_path / "o2.zarr", model=model, settings=SETTINGS)

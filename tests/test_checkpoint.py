@@ -23,7 +23,12 @@ from bigrestore.model.unet import ConditionalUNet, UNetConfig
 SPEC = {
     "objective": "diffusion",
     "schedule": {"T": 200, "s": 0.008},
-    "normalization": {"method": "percentile", "p_low": 1.0, "p_high": 99.8, "target": {"low": 102.5, "high": 3071.25}},
+    "normalization": {
+        "method": "percentile",
+        "p_low": 1.0,
+        "p_high": 99.8,
+        "target": {"low": 102.5, "high": 3071.25},
+    },
     "provenance": {"data": "synthetic", "epochs": 1},
 }
 

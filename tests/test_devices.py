@@ -31,13 +31,24 @@ def test_cpu_without_cuda_never_picks_a_gpu():
 def test_unet_output_does_not_depend_on_input_memory_format():
     """The U-Net runs NHWC inside (faster oneDNN/cuDNN convolutions); callers may pass either layout."""
     torch.manual_seed(0)
-    net = ConditionalUNet(UNetConfig(base_channels=8, channel_mult=(1, 2), blocks_per_level=1,
-                                     attn_resolutions=(16,), train_resolution=32, channels_per_head=8)).eval()
+    net = ConditionalUNet(
+        UNetConfig(
+            base_channels=8,
+            channel_mult=(1, 2),
+            blocks_per_level=1,
+            attn_resolutions=(16,),
+            train_resolution=32,
+            channels_per_head=8,
+        )
+    ).eval()
     cond, y = torch.randn(3, 1, 32, 32), torch.randn(3, 1, 32, 32)
     ab = torch.tensor([0.1, 0.5, 0.9])
     with torch.no_grad():
         nchw = net(cond, y, ab)
-        nhwc = net(cond.contiguous(memory_format=torch.channels_last),
-                   y.contiguous(memory_format=torch.channels_last), ab)
+        nhwc = net(
+            cond.contiguous(memory_format=torch.channels_last),
+            y.contiguous(memory_format=torch.channels_last),
+            ab,
+        )
     assert nchw.shape == (3, 1, 32, 32)
     torch.testing.assert_close(nchw, nhwc, rtol=0, atol=1e-6)

@@ -14,9 +14,10 @@ from conftest import data_path
 
 from bigrestore.cli import cli
 from bigrestore.errors import BadInputError, MissingInputError, UsageError
+from bigrestore.evaluate.baselines import SIGMA_GRID
 from bigrestore.evaluate.pairing import load_stack
 from bigrestore.evaluate.report import read_training_log
-from bigrestore.evaluate.scoring import SIGMA_GRID, evaluate
+from bigrestore.evaluate.scoring import evaluate
 from bigrestore.io.meta import ImageMeta
 from bigrestore.io.write import write_image
 

@@ -21,9 +21,17 @@ def test_gpu_run_matches_cpu_within_bf16_tolerance(tmp_path):
     image = rng.normal(1000, 100, size=(2, 80, 72)).astype(np.float32)
     write_image(tmp_path / "in.zarr", image, ImageMeta("zyx", (1.0,) * 3, (0.0,) * 3, (None,) * 3))
     model = tiny_model(tmp_path / "model")
-    cpu = restore(tmp_path / "in.zarr", tmp_path / "cpu.zarr", model=model, settings=SETTINGS, device="cpu")
-    gpu = restore(tmp_path / "in.zarr", tmp_path / "gpu.zarr", model=model, settings=SETTINGS,
-                  cluster=ClusterSpec(gpus=1, workers=1), device="cuda")
+    cpu = restore(
+        tmp_path / "in.zarr", tmp_path / "cpu.zarr", model=model, settings=SETTINGS, device="cpu"
+    )
+    gpu = restore(
+        tmp_path / "in.zarr",
+        tmp_path / "gpu.zarr",
+        model=model,
+        settings=SETTINGS,
+        cluster=ClusterSpec(gpus=1, workers=1),
+        device="cuda",
+    )
     assert cpu.blocks_total == gpu.blocks_total
     a = open_image(tmp_path / "cpu.zarr" / "mean").data.compute()
     b = open_image(tmp_path / "gpu.zarr" / "mean").data.compute()

@@ -29,8 +29,26 @@ PINNED_CPU = {
     "ATEN_CPU_CAPABILITY": "avx2",
     "MKL_CBWR": "AVX2",
 }
-RUN_OPTIONS = ["--samples", "2", "--steps", "4", "--seed", "3", "--tile", "64", "--overlap", "16",
-               "--chunk", "64", "--precision", "fp32", "--workers", "1", "--threads-per-worker", "2"]
+RUN_OPTIONS = [
+    "--samples",
+    "2",
+    "--steps",
+    "4",
+    "--seed",
+    "3",
+    "--tile",
+    "64",
+    "--overlap",
+    "16",
+    "--chunk",
+    "64",
+    "--precision",
+    "fp32",
+    "--workers",
+    "1",
+    "--threads-per-worker",
+    "2",
+]
 OUTPUTS = ("mean", "std", "entropy")
 
 
@@ -48,8 +66,10 @@ def restore_fixed_crop(work: Path) -> dict[str, np.ndarray]:
         assert done.returncode == 0, done.stderr[-2000:]
     import zarr
 
-    return {name: np.asarray(zarr.open_array(str(work / "out.zarr" / name / "0"), mode="r")[...])
-            for name in OUTPUTS}
+    return {
+        name: np.asarray(zarr.open_array(str(work / "out.zarr" / name / "0"), mode="r")[...])
+        for name in OUTPUTS
+    }
 
 
 def test_bundled_model_outputs_are_unchanged(tmp_path):
@@ -74,4 +94,6 @@ if __name__ == "__main__" and sys.argv[1:] == ["--record"]:
         arrays = restore_fixed_crop(Path(tmp))
     REFERENCE.parent.mkdir(exist_ok=True)
     np.savez_compressed(REFERENCE, **arrays)
-    print(f"recorded {REFERENCE}: " + ", ".join(f"{k} {v.shape} {v.dtype}" for k, v in arrays.items()))
+    print(
+        f"recorded {REFERENCE}: " + ", ".join(f"{k} {v.shape} {v.dtype}" for k, v in arrays.items())
+    )

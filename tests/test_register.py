@@ -16,13 +16,8 @@ import tifffile
 from scipy import ndimage as ndi
 
 from bigrestore.errors import BadInputError, UsageError
-from bigrestore.register.rigid import (
-    alignment_score,
-    apply_padding_mask,
-    apply_rigid,
-    register_rigid,
-    register_stack,
-)
+from bigrestore.register.rigid import alignment_score, apply_rigid, register_rigid
+from bigrestore.register.stack import apply_padding_mask, register_stack
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 if not DATA.exists():

@@ -18,15 +18,26 @@ pytest.importorskip("itk")
 
 
 def test_register_recovers_shift_and_masks_reference(tmp_path):
-    high = tifffile.imread(data_path("w2s/val_high.tif"))[:2, 0, 100:356, 100:356].astype(np.float32)
+    high = tifffile.imread(data_path("w2s/val_high.tif"))[:2, 0, 100:356, 100:356]
+    high = high.astype(np.float32)
     low = tifffile.imread(data_path("w2s/val_low.tif"))[:2, 0].astype(np.float32)
     # Move the low frame by (+3, -2) px (cut from the full frame so no zero border is introduced).
     moved = np.stack([ndimage.shift(f, (3.0, -2.0), order=1)[100:356, 100:356] for f in low])
     meta = ImageMeta("tyx", (1.0, 0.1, 0.1), (0.0,) * 3, (None, "micrometer", "micrometer"))
     write_image(tmp_path / "low.zarr", moved, meta)
     write_image(tmp_path / "high.zarr", high, meta)
-    result = CliRunner().invoke(cli, ["register", str(tmp_path / "low.zarr"), str(tmp_path / "high.zarr"),
-                                      "-o", str(tmp_path / "reg.zarr"), "--masked-high", str(tmp_path / "hm.zarr")])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "register",
+            str(tmp_path / "low.zarr"),
+            str(tmp_path / "high.zarr"),
+            "-o",
+            str(tmp_path / "reg.zarr"),
+            "--masked-high",
+            str(tmp_path / "hm.zarr"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     summary = next(line for line in result.output.splitlines() if line.startswith("mean alignment"))
     before, after = (float(v) for v in summary.split("before ")[1].split(", after "))
@@ -37,8 +48,16 @@ def test_register_recovers_shift_and_masks_reference(tmp_path):
     validate_ngff(tmp_path / "reg.zarr")
     masked = open_image(tmp_path / "hm.zarr").data.compute()
     assert (masked == 0).any() and masked.shape == high.shape  # padding reproduced on the reference
-    again = CliRunner().invoke(cli, ["register", str(tmp_path / "low.zarr"), str(tmp_path / "high.zarr"),
-                                     "-o", str(tmp_path / "reg.zarr")])
+    again = CliRunner().invoke(
+        cli,
+        [
+            "register",
+            str(tmp_path / "low.zarr"),
+            str(tmp_path / "high.zarr"),
+            "-o",
+            str(tmp_path / "reg.zarr"),
+        ],
+    )
     assert again.exit_code == 73
 
 
@@ -46,7 +65,15 @@ def test_register_refuses_mismatched_shapes(tmp_path):
     meta = ImageMeta("yx", (1.0, 1.0), (0.0, 0.0), (None, None))
     write_image(tmp_path / "a.zarr", np.zeros((64, 64), np.uint8), meta)
     write_image(tmp_path / "b.zarr", np.zeros((64, 80), np.uint8), meta)
-    result = CliRunner().invoke(cli, ["register", str(tmp_path / "a.zarr"), str(tmp_path / "b.zarr"),
-                                      "-o", str(tmp_path / "c.zarr")])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "register",
+            str(tmp_path / "a.zarr"),
+            str(tmp_path / "b.zarr"),
+            "-o",
+            str(tmp_path / "c.zarr"),
+        ],
+    )
     assert result.exit_code == 65 and "shape" in result.output
     assert not (tmp_path / "c.zarr").exists()

@@ -6,11 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import tifffile
 import torch
 import zarr
 from click.testing import CliRunner
-from conftest import data_path, read_with_ome_zarr_py, validate_ngff
+from conftest import nuclei_stack, read_with_ome_zarr_py, validate_ngff
 
 from bigrestore.cli import cli
 from bigrestore.devices import native_bf16
@@ -34,15 +33,30 @@ SETTINGS = run_settings(samples=2, sampler="ddim", steps=2, tile=32, overlap=8, 
 
 def tiny_model(directory: Path, objective: str = "diffusion") -> Path:
     torch.manual_seed(0)
-    net = ConditionalUNet(UNetConfig(base_channels=8, channel_mult=(1, 2), blocks_per_level=1,
-                                     attn_resolutions=(), train_resolution=32, channels_per_head=8))
+    net = ConditionalUNet(
+        UNetConfig(
+            base_channels=8,
+            channel_mult=(1, 2),
+            blocks_per_level=1,
+            attn_resolutions=(),
+            train_resolution=32,
+            channels_per_head=8,
+        )
+    )
     with torch.no_grad():  # non-zero output gain, so the output depends on the input
         for name, p in net.named_parameters():
             if name.endswith("gain"):
                 p.fill_(1.0)
-    spec = {"objective": objective, "schedule": {"T": 200, "s": 0.008},
-            "normalization": {"method": "percentile", "p_low": 1.0, "p_high": 99.8,
-                              "target": {"low": 100.0, "high": 5000.0}}}
+    spec = {
+        "objective": objective,
+        "schedule": {"T": 200, "s": 0.008},
+        "normalization": {
+            "method": "percentile",
+            "p_low": 1.0,
+            "p_high": 99.8,
+            "target": {"low": 100.0, "high": 5000.0},
+        },
+    }
     save_model(directory, net, spec)
     return directory
 
@@ -50,13 +64,15 @@ def tiny_model(directory: Path, objective: str = "diffusion") -> Path:
 @pytest.fixture(scope="module")
 def noisy_nuclei(tmp_path_factory) -> Path:
     """cells3d nuclei (4 z-planes, 112x96 crop) with simulated Poisson-Gaussian low-light noise."""
-    clean = tifffile.imread(data_path("clean/cells3d_nuclei.tif"))[28:32, 80:192, 100:196].astype(np.float64)
+    clean = nuclei_stack()[28:32, 80:192, 100:196].astype(np.float64)
     rng = np.random.default_rng(0)
     photons = clean / clean.max() * 20.0
     noisy = rng.poisson(photons) * 400.0 + rng.normal(100.0, 30.0, size=clean.shape)
     noisy = np.clip(noisy, 0, 65535).astype(np.uint16)
     path = tmp_path_factory.mktemp("in") / "nuclei.zarr"
-    meta = ImageMeta("zyx", (0.29, 0.26, 0.26), (0.0, 5.0, 7.0), ("micrometer",) * 3, None, "nuclei")
+    meta = ImageMeta(
+        "zyx", (0.29, 0.26, 0.26), (0.0, 5.0, 7.0), ("micrometer",) * 3, None, "nuclei"
+    )
     write_image(path, noisy, meta, chunks=(1, 40, 40))
     return path
 
@@ -69,8 +85,14 @@ def model(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def reference(noisy_nuclei, model, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("ref") / "out.zarr"
-    restore(noisy_nuclei, out, model=model, settings=SETTINGS, cluster=ClusterSpec(workers=1),
-            pyramid_min_side=40)
+    restore(
+        noisy_nuclei,
+        out,
+        model=model,
+        settings=SETTINGS,
+        cluster=ClusterSpec(workers=1),
+        pyramid_min_side=40,
+    )
     return out
 
 
@@ -91,7 +113,9 @@ def test_outputs_are_valid_multiscale_images(noisy_nuclei, reference):
         assert np.isfinite(data).all() and data.std() > 0
     std = open_image(reference / "std").data.compute()
     entropy = open_image(reference / "entropy").data.compute()
-    assert (std >= 0).all() and (entropy >= 0).all() and entropy.max() <= 1.0 + 1e-6  # 2 samples: <= 1 bit
+    assert (
+        (std >= 0).all() and (entropy >= 0).all() and entropy.max() <= 1.0 + 1e-6
+    )  # 2 samples: <= 1 bit
     manifest = dict(zarr.open_group(str(reference), mode="r").attrs["bigrestore"])
     assert manifest["status"] == "complete"
     assert manifest["settings"]["samples"] == 2
@@ -101,7 +125,14 @@ def test_outputs_are_valid_multiscale_images(noisy_nuclei, reference):
 def test_same_output_for_any_block_size_and_worker_count(noisy_nuclei, model, reference, tmp_path):
     other = SETTINGS.changed(chunk=64)
     out = tmp_path / "two_workers.zarr"
-    restore(noisy_nuclei, out, model=model, settings=other, cluster=ClusterSpec(workers=2), pyramid_min_side=40)
+    restore(
+        noisy_nuclei,
+        out,
+        model=model,
+        settings=other,
+        cluster=ClusterSpec(workers=2),
+        pyramid_min_side=40,
+    )
     for name in ("mean", "std", "entropy"):
         a = open_image(reference / name).data.compute()
         b = open_image(out / name).data.compute()
@@ -116,18 +147,34 @@ def test_resume_after_interrupt_matches_uninterrupted(noisy_nuclei, model, refer
             raise KeyboardInterrupt
 
     with pytest.raises(ResumableInterrupt, match="--resume"):
-        restore(noisy_nuclei, out, model=model, settings=SETTINGS, progress=stop_early, pyramid_min_side=40)
+        restore(
+            noisy_nuclei,
+            out,
+            model=model,
+            settings=SETTINGS,
+            progress=stop_early,
+            pyramid_min_side=40,
+        )
     root = zarr.open_group(str(out), mode="r")
     assert root.attrs["bigrestore"]["status"] == "running"
     assert 0 < int(np.asarray(root["done"][...]).sum()) < root["done"].size
     with pytest.raises(IncompatibleModelError, match="settings"):
-        restore(noisy_nuclei, out, model=model, resume=True, pyramid_min_side=40,
-                settings=SETTINGS.changed(samples=3))
-    result = restore(noisy_nuclei, out, model=model, settings=SETTINGS, resume=True, pyramid_min_side=40)
+        restore(
+            noisy_nuclei,
+            out,
+            model=model,
+            resume=True,
+            pyramid_min_side=40,
+            settings=SETTINGS.changed(samples=3),
+        )
+    result = restore(
+        noisy_nuclei, out, model=model, settings=SETTINGS, resume=True, pyramid_min_side=40
+    )
     assert 0 < result.blocks_done_now < result.blocks_total
     for name in ("mean", "std", "entropy"):
-        np.testing.assert_array_equal(open_image(out / name).data.compute(),
-                                      open_image(reference / name).data.compute())
+        np.testing.assert_array_equal(
+            open_image(out / name).data.compute(), open_image(reference / name).data.compute()
+        )
 
 
 def test_regression_model_and_uint16_output(noisy_nuclei, tmp_path):
@@ -150,8 +197,13 @@ def test_precision_is_applied_and_recorded(noisy_nuclei, model, reference, tmp_p
     means = {}
     for precision in ("fp32", "bf16"):
         settings = SETTINGS.changed(precision=precision)
-        result = restore(noisy_nuclei, tmp_path / f"{precision}.zarr", model=model, settings=settings,
-                         pyramid_min_side=40)
+        result = restore(
+            noisy_nuclei,
+            tmp_path / f"{precision}.zarr",
+            model=model,
+            settings=settings,
+            pyramid_min_side=40,
+        )
         assert result.manifest["settings"]["precision"] == precision
         assert result.manifest["ran_on"] == [f"cpu {precision}"]
         means[precision] = open_image(tmp_path / f"{precision}.zarr" / "mean").data.compute()
@@ -162,8 +214,12 @@ def test_precision_is_applied_and_recorded(noisy_nuclei, model, reference, tmp_p
     auto = open_image(reference / "mean").data.compute()
     np.testing.assert_array_equal(auto, bf16 if native_bf16(torch.device("cpu")) else fp32)
     with pytest.raises(UsageError, match="precision"):
-        restore(noisy_nuclei, tmp_path / "x.zarr", model=model,
-                settings=SETTINGS.changed(precision="fp16"))
+        restore(
+            noisy_nuclei,
+            tmp_path / "x.zarr",
+            model=model,
+            settings=SETTINGS.changed(precision="fp16"),
+        )
     assert not (tmp_path / "x.zarr").exists()
 
 
@@ -173,14 +229,27 @@ def test_refuses_bad_requests_before_writing(noisy_nuclei, model, reference, tmp
     runner = CliRunner()
     missing = runner.invoke(cli, ["run", str(tmp_path / "nope.zarr"), "--model", str(model)])
     assert missing.exit_code == 66
-    bad_tile = runner.invoke(cli, ["run", str(noisy_nuclei), "-o", str(tmp_path / "x.zarr"), "--model",
-                                   str(model), "--tile", "33"])
+    bad_tile = runner.invoke(
+        cli,
+        [
+            "run",
+            str(noisy_nuclei),
+            "-o",
+            str(tmp_path / "x.zarr"),
+            "--model",
+            str(model),
+            "--tile",
+            "33",
+        ],
+    )
     assert bad_tile.exit_code == 65 and "tile" in bad_tile.output
     assert not (tmp_path / "x.zarr").exists()
     broken = tmp_path / "broken"
     tiny_model(broken)
     (broken / "model.safetensors").write_bytes(b"not a model")
-    bad_model = runner.invoke(cli, ["run", str(noisy_nuclei), "-o", str(tmp_path / "y.zarr"), "--model", str(broken)])
+    bad_model = runner.invoke(
+        cli, ["run", str(noisy_nuclei), "-o", str(tmp_path / "y.zarr"), "--model", str(broken)]
+    )
     assert bad_model.exit_code == 78
     assert not (tmp_path / "y.zarr").exists()
 
@@ -190,7 +259,11 @@ def _worker_environment():
 
     import torch
 
-    return os.environ.get("MALLOC_TRIM_THRESHOLD_"), os.environ.get("OMP_NUM_THREADS"), torch.get_num_threads()
+    return (
+        os.environ.get("MALLOC_TRIM_THRESHOLD_"),
+        os.environ.get("OMP_NUM_THREADS"),
+        torch.get_num_threads(),
+    )
 
 
 def test_workers_start_without_dask_malloc_trim_setting():
@@ -201,24 +274,35 @@ def test_workers_start_without_dask_malloc_trim_setting():
     assert trim is None and omp is None
 
 
-def test_more_gpus_than_visible_are_refused_before_anything_is_written(noisy_nuclei, model, tmp_path):
+def test_more_gpus_than_visible_are_refused_before_anything_is_written(
+    noisy_nuclei, model, tmp_path
+):
     from bigrestore.run.cluster import gpu_worker_names
 
     visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
     out = tmp_path / "gpus.zarr"
     with pytest.raises(UsageError, match=f"--gpus {visible + 1}: torch sees {visible} GPU"):
-        restore(noisy_nuclei, out, model=model, settings=SETTINGS, cluster=ClusterSpec(gpus=visible + 1,
-                                                                                       workers=visible + 1))
+        restore(
+            noisy_nuclei,
+            out,
+            model=model,
+            settings=SETTINGS,
+            cluster=ClusterSpec(gpus=visible + 1, workers=visible + 1),
+        )
     assert not out.exists()
     # without dask-cuda, worker gpu-K computes on GPU K (devices.pick_device reads the name)
     assert gpu_worker_names(3) == ["gpu-0", "gpu-1", "gpu-2"]
 
 
-def test_saved_samples_average_to_the_mean_and_tile_defaults_to_twice_the_training_patch(noisy_nuclei, model, tmp_path):
+def test_saved_samples_average_to_the_mean_and_tile_defaults_to_twice_the_training_patch(
+    noisy_nuclei, model, tmp_path
+):
     settings = run_settings(samples=3, steps=2, batch=4, chunk=64, save_samples=True)
     out = tmp_path / "s.zarr"
     result = restore(noisy_nuclei, out, model=model, settings=settings)
-    assert result.manifest["settings"]["tile"] == 64 and result.manifest["settings"]["overlap"] == 16
+    assert (
+        result.manifest["settings"]["tile"] == 64 and result.manifest["settings"]["overlap"] == 16
+    )
     samples = [open_image(out / "samples" / f"{k:02d}.zarr").data.compute() for k in range(3)]
     validate_ngff(out / "samples" / "00.zarr")
     mean = open_image(out / "mean").data.compute()

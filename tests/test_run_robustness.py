@@ -25,7 +25,7 @@ import pytest
 import tifffile
 import zarr
 from click.testing import CliRunner
-from conftest import data_path
+from conftest import data_path, nuclei_stack
 from test_run import tiny_model
 
 from bigrestore.cli import cli
@@ -38,9 +38,7 @@ from bigrestore.run.settings import bundled_model_path, run_settings
 from bigrestore.run.tiling import TileGrid
 
 #: Many small blocks (2 planes x 6 x 6 of 16 px), so a kill can land part-way through a run.
-SETTINGS = run_settings(
-    samples=2, sampler="ddim", steps=2, tile=32, overlap=8, batch=8, chunk=16
-)
+SETTINGS = run_settings(samples=2, sampler="ddim", steps=2, tile=32, overlap=8, batch=8, chunk=16)
 CLI_SETTINGS = (
     "--samples 2 --sampler ddim --steps 2 --tile 32 --overlap 8 --batch 8 --chunk 16".split()
 )
@@ -95,9 +93,7 @@ def wait_until(
 
 def noisy_volume(planes: int, size: int) -> np.ndarray:
     """cells3d nuclei crop (planes, size, size) uint16 with simulated Poisson-Gaussian noise."""
-    clean = tifffile.imread(data_path("clean/cells3d_nuclei.tif"))[
-        28 : 28 + planes, 80 : 80 + size, 100 : 100 + size
-    ]
+    clean = nuclei_stack()[28 : 28 + planes, 80 : 80 + size, 100 : 100 + size]
     rng = np.random.default_rng(0)
     noisy = rng.poisson(clean / clean.max() * 20.0) * 400.0 + rng.normal(
         100.0, 30.0, size=clean.shape

@@ -1,20 +1,24 @@
 """``bigrestore evaluate``: the click command around :func:`bigrestore.evaluate.evaluate`.
 
 Parses arguments, refuses outputs that exist before any compute, prints the summary table
-(best median per metric marked with *) and writes the CSV / JSON tables.
+(best median per metric marked with *) and writes the CSV / JSON tables. The evaluation
+modules (numpy, scipy, dask) are imported when the command runs, not with the command line.
 """
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
+from bigrestore.commands.help import with_options
 from bigrestore.errors import UsageError
-from bigrestore.evaluate.pairing import NORMALIZE
-from bigrestore.evaluate.scoring import EvaluationResult, evaluate
-from bigrestore.io.paths import check_output
+from bigrestore.evaluate.choices import NORMALIZE
+
+if TYPE_CHECKING:
+    from bigrestore.evaluate.result import EvaluationResult
 
 _COLUMNS = ("mae", "psnr", "nrmse", "pearson", "ssim", "ms_ssim", "resolution_ratio")
 """Summary columns (the decorrelation resolution itself is in the CSV/JSON)."""
@@ -61,64 +65,71 @@ def format_table(result: EvaluationResult) -> str:
     return "\n".join(lines)
 
 
+OPTIONS = [
+    click.option("--names", help="Comma-separated names of the predictions [default: file names]."),
+    click.option(
+        "--raw", type=click.Path(path_type=Path), help="Raw (noisy) input: scored as a baseline."
+    ),
+    click.option(
+        "--report", "report_dir", type=click.Path(path_type=Path), help="Write an HTML report here."
+    ),
+    click.option(
+        "--patch", default=256, show_default=True, help="Patch side in pixels; 0 = whole planes."
+    ),
+    click.option(
+        "--normalize",
+        type=click.Choice(NORMALIZE),
+        default="percentile",
+        show_default=True,
+        help="percentile: each plane to its 0.1/99.9 percentiles (L = 1); linear-fit: pred "
+        "fitted to the normalised GT (L = 1); none: raw values (L = --data-range or dtype).",
+    ),
+    click.option("--data-range", type=float, help="L for PSNR/SSIM with --normalize none."),
+    click.option("--channel", help="Only this channel (index or name)."),
+    click.option("--planes", help="Planes to score: START:STOP or I,J,K (default all)."),
+    click.option(
+        "--region",
+        multiple=True,
+        metavar="PLANE,Y,X,SIZE",
+        help="Report crop (repeatable) [default: centred 256² of 3 planes].",
+    ),
+    click.option(
+        "--std", type=click.Path(path_type=Path), help="Pixel std map (bigrestore run's std)."
+    ),
+    click.option("--entropy", type=click.Path(path_type=Path), help="Pixel entropy map."),
+    click.option(
+        "--samples",
+        type=click.Path(path_type=Path),
+        help="N individual samples: a directory of N images, or one image holding N copies "
+        "of the GT's planes, sample-major. Gives metric vs number of averaged samples.",
+    ),
+    click.option(
+        "--model-dir", type=click.Path(path_type=Path), help="Training curves from DIR/metrics.csv."
+    ),
+    click.option(
+        "--lpips-weights",
+        type=click.Path(path_type=Path),
+        help="Not supported (needs torchvision); LPIPS is reported as not computed.",
+    ),
+    click.option(
+        "--tune-on",
+        nargs=2,
+        type=click.Path(path_type=Path),
+        metavar="RAW_VAL GT_VAL",
+        help="Tune the Gaussian baseline's sigma on this pair [default: hold out the first planes].",
+    ),
+    click.option("--no-gaussian", is_flag=True, help="Skip the Gaussian-filter baseline."),
+    click.option(
+        "--csv", "csv_path", type=click.Path(path_type=Path), help="Per-patch table (CSV)."
+    ),
+    click.option("--json", "json_path", type=click.Path(path_type=Path), help="Summary (JSON)."),
+    click.option("--overwrite", is_flag=True, help="Replace existing report / CSV / JSON outputs."),
+]
+
+
 @click.command("evaluate")
 @click.argument("paths", nargs=-1, metavar="PRED GT [PRED2 ...]", type=click.Path(path_type=Path))
-@click.option("--names", help="Comma-separated names of the predictions [default: file names].")
-@click.option(
-    "--raw", type=click.Path(path_type=Path), help="Raw (noisy) input: scored as a baseline."
-)
-@click.option(
-    "--report", "report_dir", type=click.Path(path_type=Path), help="Write an HTML report here."
-)
-@click.option(
-    "--patch", default=256, show_default=True, help="Patch side in pixels; 0 = whole planes."
-)
-@click.option(
-    "--normalize",
-    type=click.Choice(NORMALIZE),
-    default="percentile",
-    show_default=True,
-    help="percentile: each plane to its 0.1/99.9 percentiles (L = 1); linear-fit: pred "
-    "fitted to the normalised GT (L = 1); none: raw values (L = --data-range or dtype).",
-)
-@click.option("--data-range", type=float, help="L for PSNR/SSIM with --normalize none.")
-@click.option("--channel", help="Only this channel (index or name).")
-@click.option("--planes", help="Planes to score: START:STOP or I,J,K (default all).")
-@click.option(
-    "--region",
-    multiple=True,
-    metavar="PLANE,Y,X,SIZE",
-    help="Report crop (repeatable) [default: centred 256² of 3 planes].",
-)
-@click.option(
-    "--std", type=click.Path(path_type=Path), help="Pixel std map (bigrestore run's std)."
-)
-@click.option("--entropy", type=click.Path(path_type=Path), help="Pixel entropy map.")
-@click.option(
-    "--samples",
-    type=click.Path(path_type=Path),
-    help="N individual samples: a directory of N images, or one image holding N copies "
-    "of the GT's planes, sample-major. Gives metric vs number of averaged samples.",
-)
-@click.option(
-    "--model-dir", type=click.Path(path_type=Path), help="Training curves from DIR/metrics.csv."
-)
-@click.option(
-    "--lpips-weights",
-    type=click.Path(path_type=Path),
-    help="Not supported (needs torchvision); LPIPS is reported as not computed.",
-)
-@click.option(
-    "--tune-on",
-    nargs=2,
-    type=click.Path(path_type=Path),
-    metavar="RAW_VAL GT_VAL",
-    help="Tune the Gaussian baseline's sigma on this pair [default: hold out the first planes].",
-)
-@click.option("--no-gaussian", is_flag=True, help="Skip the Gaussian-filter baseline.")
-@click.option("--csv", "csv_path", type=click.Path(path_type=Path), help="Per-patch table (CSV).")
-@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Summary (JSON).")
-@click.option("--overwrite", is_flag=True, help="Replace existing report / CSV / JSON outputs.")
+@with_options(OPTIONS)
 def command(
     paths: tuple[Path, ...],
     names: str | None,
@@ -151,17 +162,9 @@ def command(
       bigrestore evaluate ddpm.zarr/mean val_high.zarr reg.zarr --names ddpm-avg,regression \\
           --raw val_low.zarr --tune-on train_low.zarr train_high.zarr --report report/
     """
-    if len(paths) < 2:
-        raise click.UsageError("expected PRED GT [PRED2 ...]")
-    if patch < 0:
-        raise click.BadParameter("must be >= 0", param_hint="--patch")
-    for path in (csv_path, json_path):
-        if path is not None:
-            check_output(path, overwrite)
-    preds = [paths[0], *paths[2:]]
-    name_list = names.split(",") if names else None
-    if name_list is not None and len(name_list) != len(preds):
-        raise UsageError(f"--names: expected {len(preds)} names, found {len(name_list)}")
+    from bigrestore.evaluate.scoring import evaluate
+
+    preds, name_list = _check_arguments(paths, names, patch, csv_path, json_path, overwrite)
     result = evaluate(
         preds,
         paths[1],
@@ -187,16 +190,45 @@ def command(
         result.write_csv(csv_path)
     if json_path:
         result.write_json(json_path)
+    _echo_result(result, csv_path, json_path)
+
+
+def _check_arguments(
+    paths: tuple[Path, ...],
+    names: str | None,
+    patch: int,
+    csv_path: Path | None,
+    json_path: Path | None,
+    overwrite: bool,
+) -> tuple[list[Path], list[str] | None]:
+    """Refuse bad arguments and existing tables before any compute; (predictions, names)."""
+    from bigrestore.io.paths import check_output
+
+    if len(paths) < 2:
+        raise click.UsageError("expected PRED GT [PRED2 ...]")
+    if patch < 0:
+        raise click.BadParameter("must be >= 0", param_hint="--patch")
+    for path in (csv_path, json_path):
+        if path is not None:
+            check_output(path, overwrite)
+    preds = [paths[0], *paths[2:]]
+    name_list = names.split(",") if names else None
+    if name_list is not None and len(name_list) != len(preds):
+        raise UsageError(f"--names: expected {len(preds)} names, found {len(name_list)}")
+    return preds, name_list
+
+
+def _echo_result(result: EvaluationResult, csv_path: Path | None, json_path: Path | None) -> None:
+    """The summary table, how it was computed, the notes and the files written."""
     settings = result.settings
     click.echo(format_table(result))
     n = next(iter(result.summary.values()), {}).get("psnr", {}).get("n", 0)
     scored, total = len(settings["planes_scored"]), settings["planes_total"]
     click.echo(f"median over {n} patches ({scored} of {total} planes scored); * best per column")
     click.echo(f"intensity: {settings['intensity']}")
-    if settings["gaussian"]:
-        click.echo(
-            f"gaussian: sigma {settings['gaussian']['sigma']:g} px, tuned on {settings['gaussian']['tuned_on']}"
-        )
+    gaussian = settings["gaussian"]
+    if gaussian:
+        click.echo(f"gaussian: sigma {gaussian['sigma']:g} px, tuned on {gaussian['tuned_on']}")
     click.echo("lpips: not computed (needs torchvision's AlexNet and LPIPS weights)")
     for note in result.notes:
         click.echo(f"note: {note}")

@@ -14,9 +14,11 @@ class SectionedCommand(click.Command):
     def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         sections: dict[str, list[tuple[str, str]]] = {}
         for param in self.get_params(ctx):
-            record = param.get_help_record(ctx)
+            record = param.get_help_record(ctx) if isinstance(param, click.Option) else None
             if record is not None:
                 sections.setdefault(getattr(param, "section", "Other options"), []).append(record)
+        if "Other options" in sections:  # --help last
+            sections["Other options"] = sections.pop("Other options")
         for title, records in sections.items():
             with formatter.section(title):
                 formatter.write_dl(records)
@@ -31,3 +33,14 @@ class SectionedOption(click.Option):
 def option(*decls: str, section: str, **kwargs: Any) -> Any:
     """``click.option`` with a help section."""
     return click.option(*decls, cls=SectionedOption, section=section, **kwargs)
+
+
+def with_options(options: list[Any]) -> Any:
+    """Apply a list of option decorators (listed top to bottom as they appear in --help)."""
+
+    def decorate(function: Any) -> Any:
+        for decorator in reversed(options):
+            function = decorator(function)
+        return function
+
+    return decorate

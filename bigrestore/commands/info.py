@@ -11,7 +11,9 @@ import click
 
 @click.command("info")
 @click.argument("path", type=click.Path(path_type=Path))
-@click.option("--series", type=int, default=None, help="Image of a bioformats2raw store (default 0).")
+@click.option(
+    "--series", type=int, default=None, help="Image of a bioformats2raw store (default 0)."
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def command(path: Path, series: int | None, as_json: bool) -> None:
     """Describe an OME-Zarr image (axes, shape, dtype, chunks, levels, scale, channels), or a
@@ -50,7 +52,9 @@ def _print(record: dict[str, Any], as_json: bool, lines: Any) -> None:
 
 def _image_lines(record: dict[str, Any]) -> list[str]:
     axes = record["axes"]
-    scale = [f"{s:g} {u or ''}".strip() for s, u in zip(record["scale"], record["units"], strict=True)]
+    scale = [
+        f"{s:g} {u or ''}".strip() for s, u in zip(record["scale"], record["units"], strict=True)
+    ]
     lines = [
         f"{record['path']}  (OME-Zarr NGFF {record['ngff_version']})",
         f"  axes     {axes}",
@@ -58,7 +62,8 @@ def _image_lines(record: dict[str, Any]) -> list[str]:
         f"  dtype    {record['dtype']}",
         f"  chunks   {_by_axis(axes, record['chunks'])}",
         f"  scale    {_by_axis(axes, scale)}",
-        f"  levels   {len(record['levels'])}: " + ", ".join("x".join(map(str, s)) for s in record["levels"]),
+        f"  levels   {len(record['levels'])}: "
+        + ", ".join("x".join(map(str, s)) for s in record["levels"]),
     ]
     if record["channel_names"]:
         lines.append(f"  channels {', '.join(record['channel_names'])}")

@@ -3,12 +3,46 @@ the progress bar (the only place that does)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
+if TYPE_CHECKING:  # torch is imported by training, not by the command line's start
+    from bigrestore.train import TrainConfig, TrainResult
+
 PATH = click.Path(path_type=Path)
+
+
+class RegistryChoice(click.Choice):
+    """A click.Choice over the names of a registry, read when first needed: the objectives
+    table imports torch, which the command line must start without."""
+
+    def __init__(self, names: Callable[[], Iterable[str]]) -> None:
+        self._names = names
+        self.case_sensitive = True
+
+    @property  # type: ignore[override]
+    def choices(self) -> tuple[str, ...]:
+        return tuple(self._names())
+
+
+def _objective_names() -> Iterable[str]:
+    from bigrestore.diffusion.objectives import OBJECTIVES
+
+    return OBJECTIVES
+
+
+def _options(*decorators: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """One decorator applying ``decorators`` in the order written (first = topmost)."""
+
+    def apply(function: Any) -> Any:
+        for decorator in reversed(decorators):
+            function = decorator(function)
+        return function
+
+    return apply
 
 
 def store_option(flag: str, name: str, text: str, required: bool = False) -> Any:
@@ -16,62 +50,166 @@ def store_option(flag: str, name: str, text: str, required: bool = False) -> Any
     return click.option(flag, name, multiple=True, required=required, type=PATH, help=text)
 
 
+STORE_OPTIONS = _options(
+    store_option(
+        "--low",
+        "lows",
+        "Low-SNR (condition) OME-Zarr store; repeat with --high for several pairs.",
+        required=True,
+    ),
+    store_option(
+        "--high",
+        "highs",
+        "High-SNR (target) OME-Zarr store, same shape as its --low.",
+        required=True,
+    ),
+    store_option(
+        "--val-low",
+        "val_lows",
+        "Validation pair (condition); default: hold out part of each training pair.",
+    ),
+    store_option("--val-high", "val_highs", "Validation pair (target)."),
+    click.option(
+        "--config",
+        "config_path",
+        type=PATH,
+        default=None,
+        help="YAML preset, e.g. configs/cpu-small.yaml or configs/paper.yaml (not needed with "
+        "--resume).",
+    ),
+    click.option(
+        "--out",
+        "out_dir",
+        required=True,
+        type=PATH,
+        help="Model directory: model.safetensors/json (best epoch), checkpoint/, metrics.csv.",
+    ),
+)
+RUN_OPTIONS = _options(
+    click.option(
+        "--objective",
+        type=RegistryChoice(_objective_names),
+        default=None,
+        help="Override the config: diffusion (the paper) or regression (one-pass, CARE-like).",
+    ),
+    click.option(
+        "--channel",
+        "channels",
+        multiple=True,
+        help="Channel name or index to train on (repeatable; default all channels).",
+    ),
+    click.option("--epochs", type=int, default=None, help="Override the config's epochs."),
+    click.option(
+        "--max-minutes",
+        type=float,
+        default=None,
+        help="Stop after this many minutes (validates, checkpoints; --resume continues).",
+    ),
+    click.option(
+        "--workers",
+        type=int,
+        default=None,
+        help="Patch-reading worker processes (config: workers).",
+    ),
+    click.option("--seed", type=int, default=None, help="Override the config's seed."),
+    click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
+    click.option("--resume", is_flag=True, help="Continue from the last checkpoint in --out."),
+    click.option("--overwrite", is_flag=True, help="Replace an existing training directory."),
+)
+
+
+def check_pairs(
+    lows: tuple[Path, ...],
+    highs: tuple[Path, ...],
+    val_lows: tuple[Path, ...],
+    val_highs: tuple[Path, ...],
+) -> None:
+    if len(lows) != len(highs):
+        raise click.UsageError(
+            f"--low and --high must pair up: {len(lows)} --low, {len(highs)} --high"
+        )
+    if len(val_lows) != len(val_highs):
+        raise click.UsageError(
+            f"--val-low and --val-high must pair up: {len(val_lows)} vs {len(val_highs)}"
+        )
+
+
+def train_config(
+    config_path: Path | None, out_dir: Path, resume: bool, **overrides: Any
+) -> TrainConfig:
+    """The preset with the command line's overrides, or (``--resume`` without ``--config``) the
+    checkpoint's config, whose results-changing fields cannot be overridden."""
+    from bigrestore.train.config import load_config
+    from bigrestore.train.directory import checkpoint_config
+
+    if config_path is None and not resume:
+        raise click.UsageError("--config is required (e.g. configs/cpu-small.yaml) unless --resume")
+    if config_path is not None:
+        return load_config(config_path, **overrides)
+    fixed = ("objective", "epochs", "seed")
+    if any(overrides.get(name) is not None for name in fixed):
+        raise click.UsageError(
+            "--objective/--epochs/--seed need --config (a resumed run keeps its config)"
+        )
+    changes = {k: v for k, v in overrides.items() if k not in fixed and v is not None}
+    return checkpoint_config(out_dir).replace(**changes)
+
+
+class ProgressBar:
+    """The ``progress`` callback of bigrestore.train.train: a tqdm bar drawn at the first
+    record (so refusals print one line only) and lines for the start and every epoch."""
+
+    def __init__(self) -> None:
+        self.bar: Any = None
+
+    def __call__(self, record: dict[str, Any]) -> None:
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=None, unit="step", desc="training", dynamic_ncols=True)
+        bar = self.bar
+        if record["kind"] == "start":
+            bar.reset(total=record["total_steps"])
+            bar.update(record["step"])
+            bar.write(
+                f"training on {record['device']}, batch {record['batch']}, "
+                f"steps {record['step']}..{record['total_steps']}"
+            )
+            if record["val_input_mae"] is not None:
+                bar.write(f"validation MAE of the raw input: {record['val_input_mae']:.4f}")
+        elif record["kind"] == "step":
+            bar.update(1)
+            bar.set_postfix(
+                loss=f"{record['loss']:.4f}",
+                patches_s=f"{record['patches_per_s']:.1f}",
+                refresh=False,
+            )
+        elif record["kind"] == "epoch":
+            mae = "-" if record["val_mae"] is None else f"{record['val_mae']:.4f}"
+            bar.write(
+                f"epoch {record['epoch']} (step {record['step']}): train loss "
+                f"{record['train_loss']:.4f}, val MAE {mae}{' (best)' if record['best'] else ''}"
+            )
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def report(result: TrainResult, out_dir: Path) -> None:
+    best = "-" if result.best_val_mae is None else f"{result.best_val_mae:.4f}"
+    click.echo(
+        f"trained {result.steps}/{result.total_steps} steps in {result.wall_seconds / 60:.1f} min; "
+        f"best epoch {result.best_epoch} (validation MAE {best})"
+    )
+    if result.stopped_early:
+        click.echo(f"stopped by the time budget; continue with --resume --out {out_dir}")
+    click.echo(f"model: {result.out_dir}  (bigrestore run IMAGE.zarr --model {result.out_dir})")
+
+
 @click.command("train")
-@store_option(
-    "--low",
-    "lows",
-    "Low-SNR (condition) OME-Zarr store; repeat with --high for several pairs.",
-    required=True,
-)
-@store_option(
-    "--high", "highs", "High-SNR (target) OME-Zarr store, same shape as its --low.", required=True
-)
-@store_option(
-    "--val-low",
-    "val_lows",
-    "Validation pair (condition); default: hold out part of each training pair.",
-)
-@store_option("--val-high", "val_highs", "Validation pair (target).")
-@click.option(
-    "--config",
-    "config_path",
-    type=PATH,
-    default=None,
-    help="YAML preset, e.g. configs/cpu-small.yaml or configs/paper.yaml (not needed with --resume).",
-)
-@click.option(
-    "--out",
-    "out_dir",
-    required=True,
-    type=PATH,
-    help="Model directory: model.safetensors/json (best epoch), checkpoint/, metrics.csv.",
-)
-@click.option(
-    "--objective",
-    type=click.Choice(["diffusion", "regression"]),
-    default=None,
-    help="Override the config: diffusion (the paper) or regression (one-pass, CARE-like).",
-)
-@click.option(
-    "--channel",
-    "channels",
-    multiple=True,
-    help="Channel name or index to train on (repeatable; default all channels).",
-)
-@click.option("--epochs", type=int, default=None, help="Override the config's epochs.")
-@click.option(
-    "--max-minutes",
-    type=float,
-    default=None,
-    help="Stop after this many minutes (validates, checkpoints; --resume continues).",
-)
-@click.option(
-    "--workers", type=int, default=None, help="Patch-reading worker processes (config: workers)."
-)
-@click.option("--seed", type=int, default=None, help="Override the config's seed.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--resume", is_flag=True, help="Continue from the last checkpoint in --out.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing training directory.")
+@STORE_OPTIONS
+@RUN_OPTIONS
 def command(
     lows: tuple[Path, ...],
     highs: tuple[Path, ...],
@@ -103,68 +241,20 @@ def command(
           --val-low v_low.zarr --val-high v_high.zarr --config configs/paper.yaml --out model/
       bigrestore train --out model/ --low low.zarr --high high.zarr --resume
     """
-    from tqdm import tqdm
-
     from bigrestore.train import train
-    from bigrestore.train.config import load_config
-    from bigrestore.train.directory import checkpoint_config
 
-    if len(lows) != len(highs):
-        raise click.UsageError(
-            f"--low and --high must pair up: {len(lows)} --low, {len(highs)} --high"
-        )
-    if len(val_lows) != len(val_highs):
-        raise click.UsageError(
-            f"--val-low and --val-high must pair up: {len(val_lows)} vs {len(val_highs)}"
-        )
-    if config_path is None and not resume:
-        raise click.UsageError("--config is required (e.g. configs/cpu-small.yaml) unless --resume")
-    if config_path is not None:
-        config = load_config(
-            config_path,
-            objective=objective,
-            epochs=epochs,
-            seed=seed,
-            time_budget_minutes=max_minutes,
-            workers=workers,
-        )
-    else:
-        if any(v is not None for v in (objective, epochs, seed)):
-            raise click.UsageError(
-                "--objective/--epochs/--seed need --config (a resumed run keeps its config)"
-            )
-        config = checkpoint_config(out_dir)
-        changes = {"time_budget_minutes": max_minutes, "workers": workers}
-        config = config.replace(**{k: v for k, v in changes.items() if v is not None})
-    bars: list[Any] = []  # drawn at the first record, so refusals print one line only
-
-    def progress(record: dict[str, Any]) -> None:
-        if not bars:
-            bars.append(tqdm(total=None, unit="step", desc="training", dynamic_ncols=True))
-        bar = bars[0]
-        if record["kind"] == "start":
-            bar.reset(total=record["total_steps"])
-            bar.update(record["step"])
-            bar.write(
-                f"training on {record['device']}, batch {record['batch']}, "
-                f"steps {record['step']}..{record['total_steps']}"
-            )
-            if record["val_input_mae"] is not None:
-                bar.write(f"validation MAE of the raw input: {record['val_input_mae']:.4f}")
-        elif record["kind"] == "step":
-            bar.update(1)
-            bar.set_postfix(
-                loss=f"{record['loss']:.4f}",
-                patches_s=f"{record['patches_per_s']:.1f}",
-                refresh=False,
-            )
-        elif record["kind"] == "epoch":
-            mae = "-" if record["val_mae"] is None else f"{record['val_mae']:.4f}"
-            bar.write(
-                f"epoch {record['epoch']} (step {record['step']}): train loss "
-                f"{record['train_loss']:.4f}, val MAE {mae}{' (best)' if record['best'] else ''}"
-            )
-
+    check_pairs(lows, highs, val_lows, val_highs)
+    config = train_config(
+        config_path,
+        out_dir,
+        resume,
+        objective=objective,
+        epochs=epochs,
+        seed=seed,
+        time_budget_minutes=max_minutes,
+        workers=workers,
+    )
+    progress = ProgressBar()
     try:
         result = train(
             config,
@@ -178,13 +268,5 @@ def command(
             channels=channels or None,
         )
     finally:
-        for bar in bars:
-            bar.close()
-    best = "-" if result.best_val_mae is None else f"{result.best_val_mae:.4f}"
-    click.echo(
-        f"trained {result.steps}/{result.total_steps} steps in {result.wall_seconds / 60:.1f} min; "
-        f"best epoch {result.best_epoch} (validation MAE {best})"
-    )
-    if result.stopped_early:
-        click.echo(f"stopped by the time budget; continue with --resume --out {out_dir}")
-    click.echo(f"model: {result.out_dir}  (bigrestore run IMAGE.zarr --model {result.out_dir})")
+        progress.close()
+    report(result, out_dir)

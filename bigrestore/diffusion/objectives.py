@@ -29,7 +29,9 @@ LOSS_DISTANCES = ("l1", "l2")
 class Network(Protocol):
     """net(cond (B,Cc,H,W), y_t (B,Co,H,W), alpha_bar (B,)) -> (B,Co,H,W)."""
 
-    def __call__(self, cond: torch.Tensor, y_t: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor: ...
+    def __call__(
+        self, cond: torch.Tensor, y_t: torch.Tensor, alpha_bar: torch.Tensor
+    ) -> torch.Tensor: ...
 
 
 @dataclass(frozen=True)
@@ -89,7 +91,9 @@ def noisy_targets(
     return c_y0 * y0.float() + c_eps * eps, eps, ab, c_y0, c_eps
 
 
-def eps_loss(net: Network, cond: torch.Tensor, y0: torch.Tensor, inputs: LossInputs) -> torch.Tensor:
+def eps_loss(
+    net: Network, cond: torch.Tensor, y0: torch.Tensor, inputs: LossInputs
+) -> torch.Tensor:
     """The paper's loss: mean (eps_theta(x, sqrt(ab_t) y0 + sqrt(1-ab_t) eps, ab_t) - eps)^2."""
     y_t, eps, ab, _, _ = noisy_targets(y0, inputs)
     pred = net(cond, y_t, ab.to(y0.device, torch.float32))
@@ -114,10 +118,16 @@ def predict_once(net: Network, cond: torch.Tensor, out_channels: int | None = No
     return net(cond, zeros, ones).float()
 
 
-def regression_loss(net: Network, cond: torch.Tensor, y0: torch.Tensor, inputs: LossInputs) -> torch.Tensor:
+def regression_loss(
+    net: Network, cond: torch.Tensor, y0: torch.Tensor, inputs: LossInputs
+) -> torch.Tensor:
     """Mean L1 or L2 distance of :func:`predict_once` to the target y0 (B,Co,H,W)."""
     if inputs.distance not in LOSS_DISTANCES:
-        raise BadInputError(describe("regression loss", "distance", " or ".join(LOSS_DISTANCES), repr(inputs.distance)))
+        raise BadInputError(
+            describe(
+                "regression loss", "distance", " or ".join(LOSS_DISTANCES), repr(inputs.distance)
+            )
+        )
     diff = predict_once(net, cond, y0.shape[1]) - y0.float()
     return diff.abs().mean() if inputs.distance == "l1" else (diff**2).mean()
 
@@ -125,7 +135,9 @@ def regression_loss(net: Network, cond: torch.Tensor, y0: torch.Tensor, inputs: 
 def out_channels_of(net: Any, cond: torch.Tensor, out_channels: int | None = None) -> int:
     """Output channels: explicit, else net.out_channels or net.config.out_channels, else cond's."""
     if out_channels is None:
-        out_channels = getattr(net, "out_channels", getattr(getattr(net, "config", None), "out_channels", None))
+        out_channels = getattr(
+            net, "out_channels", getattr(getattr(net, "config", None), "out_channels", None)
+        )
     return int(cond.shape[1] if out_channels is None else out_channels)
 
 
@@ -148,7 +160,9 @@ REGRESSION = Objective(
 OBJECTIVES: dict[str, Objective] = {o.name: o for o in (DIFFUSION, REGRESSION)}
 
 
-def get_objective(name: object, where: object = "model", error: type[Exception] = IncompatibleModelError) -> Objective:
+def get_objective(
+    name: object, where: object = "model", error: type[Exception] = IncompatibleModelError
+) -> Objective:
     """The objective called ``name``; ``error`` names the choices otherwise."""
     if not isinstance(name, str) or name not in OBJECTIVES:
         raise error(describe(where, "objective", " or ".join(OBJECTIVES), repr(name)))

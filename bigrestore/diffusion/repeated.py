@@ -35,7 +35,9 @@ class CountingNet:
         self.calls = 0
         self.items = 0
 
-    def __call__(self, cond: torch.Tensor, y_t: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
+    def __call__(
+        self, cond: torch.Tensor, y_t: torch.Tensor, alpha_bar: torch.Tensor
+    ) -> torch.Tensor:
         self.calls += 1
         self.items += y_t.shape[0]
         return self.net(cond, y_t, alpha_bar)
@@ -166,8 +168,15 @@ def sample_repeated(
         streams = [NoiseStream(keys[tile], i) for tile, i in chunk]
         streams += [NoiseStream(keys[0], n_samples + k) for k in range(pad)]  # discarded
         y = sample(
-            net, cond.index_select(0, tiles), streams, schedule, settings, objective=objective,
-            device=device, autocast_dtype=autocast_dtype, out_channels=co,
+            net,
+            cond.index_select(0, tiles),
+            streams,
+            schedule,
+            settings,
+            objective=objective,
+            device=device,
+            autocast_dtype=autocast_dtype,
+            out_channels=co,
         )
         for j, (tile, i) in enumerate(chunk):
             out[i, tile] = y[j]

@@ -25,7 +25,9 @@ from bigrestore.errors import BadInputError, describe
 if TYPE_CHECKING:  # torch is imported by the code that calls a sampler, not by its settings
     import torch
 
-DenoiseFn = Callable[["torch.Tensor", float], "tuple[torch.Tensor, torch.Tensor]"]  # (y_t, ab_t) -> (x0, eps)
+DenoiseFn = Callable[
+    ["torch.Tensor", float], "tuple[torch.Tensor, torch.Tensor]"
+]  # (y_t, ab_t) -> (x0, eps)
 NoiseFn = Callable[[], "torch.Tensor"]  # next (B, C, H, W) block of N(0, 1), float32
 
 
@@ -91,7 +93,12 @@ def clip_prediction(
 
 
 def ancestral(
-    denoise: DenoiseFn, y: torch.Tensor, noise: NoiseFn, schedule: Schedule, ts: Sequence[int], settings: SamplerSettings
+    denoise: DenoiseFn,
+    y: torch.Tensor,
+    noise: NoiseFn,
+    schedule: Schedule,
+    ts: Sequence[int],
+    settings: SamplerSettings,
 ) -> torch.Tensor:
     """Ancestral DDPM, paper Eq. 7, T network calls:
 
@@ -108,7 +115,12 @@ def ancestral(
 
 
 def ddim(
-    denoise: DenoiseFn, y: torch.Tensor, noise: NoiseFn, schedule: Schedule, ts: Sequence[int], settings: SamplerSettings
+    denoise: DenoiseFn,
+    y: torch.Tensor,
+    noise: NoiseFn,
+    schedule: Schedule,
+    ts: Sequence[int],
+    settings: SamplerSettings,
 ) -> torch.Tensor:
     """DDIM (Song et al. 2021, Eq. 12) on timesteps ts = (T, ..., 0), K = len(ts) - 1 calls.
 
@@ -127,7 +139,12 @@ def ddim(
 
 
 def dpmpp_2m(
-    denoise: DenoiseFn, y: torch.Tensor, noise: NoiseFn, schedule: Schedule, ts: Sequence[int], settings: SamplerSettings
+    denoise: DenoiseFn,
+    y: torch.Tensor,
+    noise: NoiseFn,
+    schedule: Schedule,
+    ts: Sequence[int],
+    settings: SamplerSettings,
 ) -> torch.Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022, Alg. 2), data prediction, deterministic, K calls.
 
@@ -156,7 +173,9 @@ def dpmpp_2m(
     return y
 
 
-SamplerFn = Callable[[DenoiseFn, "torch.Tensor", NoiseFn, Schedule, Sequence[int], "SamplerSettings"], "torch.Tensor"]
+SamplerFn = Callable[
+    [DenoiseFn, "torch.Tensor", NoiseFn, Schedule, Sequence[int], "SamplerSettings"], "torch.Tensor"
+]
 
 
 @dataclass(frozen=True)
@@ -175,7 +194,12 @@ SAMPLERS: dict[str, Sampler] = {
     s.name: s
     for s in (
         Sampler("ddim", "DDIM on K steps; eta 1 = DDPM posterior noise, 0 = deterministic", ddim),
-        Sampler("ancestral", "the paper's Eq. 7 on all T steps (slow; the reference)", ancestral, every_step=True),
+        Sampler(
+            "ancestral",
+            "the paper's Eq. 7 on all T steps (slow; the reference)",
+            ancestral,
+            every_step=True,
+        ),
         Sampler("dpmpp_2m", "DPM-Solver++(2M), deterministic, K steps", dpmpp_2m, stochastic=False),
     )
 }

@@ -65,7 +65,9 @@ class Schedule:
     def from_dict(cls, d: dict[str, Any]) -> Schedule:
         """Inverse of :meth:`to_dict`; unknown keys or another schedule name are refused."""
         if not isinstance(d, dict):
-            raise IncompatibleModelError(describe("schedule", "schedule", "a mapping", type(d).__name__))
+            raise IncompatibleModelError(
+                describe("schedule", "schedule", "a mapping", type(d).__name__)
+            )
         if d.get("name", "cosine") != "cosine":
             raise IncompatibleModelError(describe("schedule", "name", "'cosine'", d.get("name")))
         unknown = sorted(set(d) - {"name", "T", "s"})

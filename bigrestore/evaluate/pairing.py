@@ -27,6 +27,7 @@ import numpy as np
 import tifffile
 
 from bigrestore.errors import BadInputError, MissingInputError, UsageError, describe
+from bigrestore.evaluate.choices import NORMALIZE
 from bigrestore.evaluate.metrics import fit_linear, normalize_percentile
 from bigrestore.io.convert import read_tiff
 from bigrestore.io.images import open_image
@@ -34,7 +35,6 @@ from bigrestore.io.meta import ImageMeta
 
 log = logging.getLogger(__name__)
 
-NORMALIZE = ("percentile", "linear-fit", "none")
 P_LOW, P_HIGH = 0.1, 99.9
 RESERVED = ("raw", "gaussian", "gt")
 """Method names taken by the baselines and the GT."""

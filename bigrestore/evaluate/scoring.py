@@ -3,88 +3,49 @@
 Inputs are read as YX planes and put on one intensity scale (``percentile``, ``linear-fit``
 or ``none``) by :mod:`bigrestore.evaluate.pairing`. Every plane is cut into non-overlapping
 ``patch``² squares (the paper reports medians over 256² test patches) scored with
-:func:`bigrestore.evaluate.metrics.evaluate_pair`, and each method is summarised by the median and mean
-over all patches. The decorrelation resolution (Descloux et al. 2019) uses the GT's x pixel
-size and unit; ``resolution_ratio`` = resolution(pred) / resolution(GT).
+:func:`bigrestore.evaluate.metrics.evaluate_pair`, and each method is summarised by the median
+and mean over all patches in an :class:`bigrestore.evaluate.result.EvaluationResult`. The
+decorrelation resolution (Descloux et al. 2019) uses the GT's x pixel size and unit;
+``resolution_ratio`` = resolution(pred) / resolution(GT).
 
-Baselines: the raw input, and a Gaussian filter of it whose sigma maximises the mean PSNR on
-data that is not scored: ``val_for_sigma`` (``--tune-on RAW_VAL GT_VAL``) or, without it, the
-first planes of the evaluation set, which are then held out from scoring for every method.
-N individual samples (``--samples``) give the samples curve: the metrics of the mean of the
-first k samples, k = 1..N (the paper's Fig. S1). LPIPS needs torchvision's AlexNet and the
-LPIPS weights, neither a dependency: it is reported as not computed, never as 0.
+Baselines: the raw input, and a Gaussian filter of it (:mod:`bigrestore.evaluate.baselines`)
+whose sigma maximises the mean PSNR on data that is not scored: ``val_for_sigma``
+(``--tune-on RAW_VAL GT_VAL``) or, without it, the first planes of the evaluation set, which
+are then held out from scoring for every method. N individual samples (``--samples``) give
+the samples curve: the metrics of the mean of the first k samples, k = 1..N (the paper's
+Fig. S1). LPIPS needs torchvision's AlexNet and the LPIPS weights, neither a dependency: it
+is reported as not computed, never as 0.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
 
 from bigrestore import __version__
 from bigrestore.errors import BadInputError, UsageError, describe
+from bigrestore.evaluate.baselines import gaussian_denoise, spread, tune_gaussian
 from bigrestore.evaluate.decorrelation import decorrelation_resolution
-from bigrestore.evaluate.figures import region_figure
-from bigrestore.evaluate.metrics import evaluate_pair, psnr, summarize
+from bigrestore.evaluate.figures import RegionFigure, region_figure
+from bigrestore.evaluate.metrics import evaluate_pair, summarize
 from bigrestore.evaluate.pairing import (
+    Inputs,
     PlaneStack,
-    check_match,
     intensity_note,
-    load_stack,
     normalize_gt,
     normalize_pred,
     open_inputs,
     open_samples,
 )
 from bigrestore.evaluate.report import prepare_report_dir, read_training_log, write_report
+from bigrestore.evaluate.result import EvaluationResult
 
 log = logging.getLogger(__name__)
-
-SIGMA_GRID = tuple(float(s) for s in np.arange(0.5, 4.01, 0.25))
-"""Gaussian sigmas (pixels) searched for the filter baseline."""
-MAX_TUNE_PLANES = 8
-MAX_HELD_OUT = 5
-HIGHER_BETTER = ("psnr", "pearson", "ssim", "ms_ssim")
-LOWER_BETTER = ("mae", "nrmse")
-NEAR_ONE = ("resolution_ratio",)
-LPIPS_STATUS = (
-    "not computed: LPIPS needs torchvision's AlexNet and the LPIPS weights "
-    "(neither is a bigrestore dependency)"
-)
-
-
-def gaussian_denoise(raw: np.ndarray, sigma: float) -> np.ndarray:
-    """The Gaussian-filter baseline: raw plane blurred with ``sigma`` pixels (reflect borders)."""
-    return ndimage.gaussian_filter(np.asarray(raw, dtype=np.float64), sigma, mode="reflect")
-
-
-def spread(indices: Sequence[int], count: int) -> list[int]:
-    """Up to ``count`` of ``indices``, evenly spaced, first and last included."""
-    if not indices:
-        return []
-    picks = np.linspace(0, len(indices) - 1, min(count, len(indices))).round().astype(int)
-    return [indices[i] for i in sorted(set(picks.tolist()))]
-
-
-def tune_sigma(
-    raw: PlaneStack, gt: PlaneStack, planes: Sequence[int], mode: str, data_range: float
-) -> tuple[float, dict[float, float]]:
-    """Grid search of the Gaussian sigma maximising mean PSNR over ``planes`` of (raw, gt)."""
-    scores: dict[float, list[float]] = {s: [] for s in SIGMA_GRID}
-    for i in planes:
-        r, g = raw.plane(i), normalize_gt(gt.plane(i), mode)
-        for s in SIGMA_GRID:
-            scores[s].append(psnr(normalize_pred(gaussian_denoise(r, s), g, mode), g, data_range))
-    mean = {s: float(np.mean(v)) for s, v in scores.items()}
-    return max(mean, key=lambda s: mean[s]), mean
 
 
 def _window(row: dict[str, Any]) -> tuple[slice, slice]:
@@ -169,82 +130,6 @@ def samples_curve(
     }
 
 
-def badness(metric: str, value: float) -> float:
-    """Lower is better: -value for PSNR-like metrics, |log value| for the resolution ratio."""
-    if metric in HIGHER_BETTER:
-        return -value
-    if metric in NEAR_ONE:
-        return abs(math.log(value)) if value > 0 else math.inf
-    return value
-
-
-def _jsonable(value: Any) -> Any:
-    """NaN -> null, ±inf -> "inf"/"-inf", numpy scalars and paths -> plain JSON types."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
-    return str(value) if isinstance(value, Path) else value
-
-
-@dataclass
-class EvaluationResult:
-    """Per-patch rows, per-method summaries (median/mean/n per metric) and the settings used."""
-
-    methods: tuple[str, ...]
-    rows: list[dict[str, Any]]
-    summary: dict[str, dict[str, dict[str, float]]]
-    settings: dict[str, Any]
-    notes: list[str] = field(default_factory=list)
-    samples_curve: dict[str, Any] | None = None
-    training: dict[str, Any] | None = None
-    report: Path | None = None
-
-    def best(self) -> dict[str, str]:
-        """Method with the best median per metric (closest to 1 for the resolution ratio)."""
-        best = {}
-        for metric in HIGHER_BETTER + LOWER_BETTER + NEAR_ONE:
-            values = {
-                m: float(self.summary[m][metric]["median"])
-                for m in self.methods
-                if metric in self.summary[m] and not math.isnan(self.summary[m][metric]["median"])
-            }
-            if len(values) >= 2:
-                best[metric] = min(values, key=lambda m: badness(metric, values[m]))
-        return best
-
-    def to_dict(self) -> dict[str, Any]:
-        return _jsonable(
-            {
-                "settings": self.settings,
-                "methods": list(self.methods),
-                "summary": self.summary,
-                "best": self.best(),
-                "lpips": LPIPS_STATUS,
-                "notes": self.notes,
-                "samples_curve": self.samples_curve,
-                "training": self.training,
-            }
-        )
-
-    def write_json(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n")
-
-    def write_csv(self, path: str | Path) -> None:
-        """One row per (method, plane, patch)."""
-        columns = ["method", "plane", "label"]
-        for row in self.rows:
-            columns += [k for k in row if k not in columns]
-        with open(path, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows(self.rows)
-
-
 def _regions(
     regions: Sequence[tuple[int, int, int, int]] | None, scored: list[int], yx: tuple[int, int]
 ) -> list[tuple[int, int, int, int]]:
@@ -263,30 +148,124 @@ def _regions(
     return [tuple(r) for r in regions]
 
 
-def _tuning(
-    raw: PlaneStack,
-    gt: PlaneStack,
-    selected: list[int],
-    mode: str,
-    data_range: float,
+def _gaussian(
+    inputs: Inputs,
+    wanted: bool,
+    normalize: str,
     val_for_sigma: tuple[str | Path, str | Path] | None,
     channel: int | str | None,
+    notes: list[str],
 ) -> tuple[dict[str, Any] | None, list[int]]:
-    """Tune the Gaussian sigma; return its settings and the planes left to score."""
-    if val_for_sigma is not None:
-        raw_val, gt_val = (load_stack(p, channel) for p in val_for_sigma)
-        check_match(gt_val, raw_val)
-        tune_planes, scored = spread(list(range(gt_val.n)), MAX_TUNE_PLANES), selected
-        source = f"{len(tune_planes)} planes of {raw_val.path} vs {gt_val.path} (not scored)"
-    elif len(selected) >= 2:
-        k = min(MAX_HELD_OUT, max(1, len(selected) // 5))
-        raw_val, gt_val, tune_planes, scored = raw, gt, selected[:k], selected[k:]
-        source = f"planes {tune_planes} of the evaluation input, held out from scoring"
-    else:
-        return None, selected
-    sigma, scores = tune_sigma(raw_val, gt_val, tune_planes, mode, data_range)
-    log.info("Gaussian baseline: sigma %.2f px, tuned on %s", sigma, source)
-    return {"sigma": sigma, "tuned_on": source, "criterion": "mean PSNR", "grid": scores}, scored
+    """The tuned Gaussian baseline's settings (None when not run) and the planes to score."""
+    if not wanted:
+        return None, inputs.planes
+    if inputs.raw is None:
+        notes.append("Gaussian baseline needs the raw input (--raw)")
+        return None, inputs.planes
+    gaussian, scored = tune_gaussian(
+        inputs.raw,
+        inputs.truth,
+        inputs.planes,
+        normalize,
+        inputs.data_range,
+        val_for_sigma,
+        channel,
+    )
+    if gaussian is None:
+        notes.append("Gaussian baseline skipped: one plane only; pass --tune-on RAW_VAL GT_VAL")
+    return gaussian, scored
+
+
+def _training(model_dir: str | Path | None, notes: list[str]) -> dict[str, Any] | None:
+    """Training curves from MODEL_DIR/metrics.csv, noted when missing."""
+    if model_dir is None:
+        return None
+    training = read_training_log(model_dir)
+    if training is None:
+        notes.append(f"no metrics.csv in {model_dir}: no training curves")
+    return training
+
+
+def _candidates(inputs: Inputs, i: int, gaussian: dict[str, Any] | None) -> dict[str, np.ndarray]:
+    """Plane ``i`` of every method, in table order: raw, gaussian, then the predictions."""
+    candidates: dict[str, np.ndarray] = {}
+    if inputs.raw is not None:
+        candidates["raw"] = inputs.raw.plane(i)
+        if gaussian:
+            candidates["gaussian"] = gaussian_denoise(candidates["raw"], gaussian["sigma"])
+    candidates.update((name, stack.plane(i)) for name, stack in inputs.preds.items())
+    return candidates
+
+
+def _score_planes(
+    inputs: Inputs,
+    scored: list[int],
+    normalize: str,
+    patch: int | None,
+    gaussian: dict[str, Any] | None,
+    crops: list[tuple[int, int, int, int]],
+) -> tuple[list[dict[str, Any]], list[RegionFigure]]:
+    """Per-patch rows of every method on the ``scored`` planes, and the figures of ``crops``."""
+    truth, L = inputs.truth, inputs.data_range
+    rows: list[dict[str, Any]] = []
+    figures = []
+    for i in scored:
+        g = normalize_gt(truth.plane(i), normalize)
+        cache: dict[tuple[int, int], tuple[float, bool]] = {}
+        compared = {}
+        for name, values in _candidates(inputs, i, gaussian).items():
+            compared[name] = normalize_pred(values, g, normalize)
+            for row in score_plane(
+                compared[name], g, L, patch, truth.pixel_size, truth.unit, cache
+            ):
+                rows.append({"method": name, "plane": i, "label": truth.labels[i], **row})
+        for crop in (c for c in crops if c[0] == i):
+            extra = {k: stack.plane(i) for k, stack in inputs.maps.items()}
+            figures.append(region_figure(i, truth.labels[i], crop, compared, g, extra))
+    return rows, figures
+
+
+def _summaries(
+    rows: list[dict[str, Any]], methods: list[str]
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Median / mean / n per metric of every method over its patches."""
+    return {
+        m: summarize(
+            [{k: v for k, v in r.items() if k != "plane"} for r in rows if r["method"] == m]
+        )
+        for m in methods
+    }
+
+
+def _settings(
+    inputs: Inputs,
+    scored: list[int],
+    gaussian: dict[str, Any] | None,
+    paths: dict[str, str | Path | None],
+    normalize: str,
+    patch: int | None,
+    channel: int | str | None,
+) -> dict[str, Any]:
+    """The settings recorded in the JSON and the report; ``paths``: raw, std, entropy given."""
+    truth, L = inputs.truth, inputs.data_range
+    return {
+        "version": __version__,
+        "gt": str(truth.path),
+        "raw": str(paths["raw"]) if paths["raw"] else None,
+        "predictions": {n: str(s.path) for n, s in inputs.preds.items()},
+        "normalize": normalize,
+        "intensity": intensity_note(normalize, L),
+        "data_range": L,
+        "patch": patch,
+        "planes_total": truth.n,
+        "planes_scored": scored,
+        "channel": channel,
+        "pixel_size": truth.pixel_size,
+        "unit": truth.unit,
+        "gaussian": gaussian,
+        "std": str(paths["std"]) if paths["std"] else None,
+        "entropy": str(paths["entropy"]) if paths["entropy"] else None,
+    }
 
 
 def evaluate(
@@ -323,6 +302,7 @@ def evaluate(
             f"--lpips-weights {lpips_weights}: LPIPS is not supported here; it needs "
             "torchvision's AlexNet, not a bigrestore dependency. Run without it."
         )
+    maps = {"std": std, "entropy": entropy}
     inputs = open_inputs(
         preds,
         gt,
@@ -333,77 +313,30 @@ def evaluate(
         patch=patch,
         channel=channel,
         planes=planes,
-        maps={"std": std, "entropy": entropy},
+        maps=maps,
         samples=samples,
     )
-    truth, stacks, raw_stack, maps = inputs.truth, inputs.preds, inputs.raw, inputs.maps
-    L, selected = inputs.data_range, inputs.planes
     notes: list[str] = []
-    gaussian, scored = None, selected
-    if gaussian_baseline and raw_stack is not None:
-        gaussian, scored = _tuning(raw_stack, truth, selected, normalize, L, val_for_sigma, channel)
-        if gaussian is None:
-            notes.append("Gaussian baseline skipped: one plane only; pass --tune-on RAW_VAL GT_VAL")
-    elif gaussian_baseline:
-        notes.append("Gaussian baseline needs the raw input (--raw)")
-    crops = _regions(regions, scored, truth.yx)
-    training = None
-    if model_dir is not None:
-        training = read_training_log(model_dir)
-        if training is None:
-            notes.append(f"no metrics.csv in {model_dir}: no training curves")
+    gaussian, scored = _gaussian(
+        inputs, gaussian_baseline, normalize, val_for_sigma, channel, notes
+    )
+    crops = _regions(regions, scored, inputs.truth.yx)
+    training = _training(model_dir, notes)
     if report_dir is not None:
         prepare_report_dir(Path(report_dir), overwrite)
-
-    methods = (["raw"] if raw_stack else []) + (["gaussian"] if gaussian else []) + list(stacks)
-    rows: list[dict[str, Any]] = []
-    figures = []
-    for i in scored:
-        g = normalize_gt(truth.plane(i), normalize)
-        candidates: dict[str, np.ndarray] = {}
-        if raw_stack is not None:
-            candidates["raw"] = raw_stack.plane(i)
-            if gaussian:
-                candidates["gaussian"] = gaussian_denoise(candidates["raw"], gaussian["sigma"])
-        candidates.update((name, stack.plane(i)) for name, stack in stacks.items())
-        cache: dict[tuple[int, int], tuple[float, bool]] = {}
-        compared = {}
-        for name, values in candidates.items():
-            compared[name] = normalize_pred(values, g, normalize)
-            for row in score_plane(
-                compared[name], g, L, patch, truth.pixel_size, truth.unit, cache
-            ):
-                rows.append({"method": name, "plane": i, "label": truth.labels[i], **row})
-        for crop in (c for c in crops if c[0] == i and report_dir is not None):
-            extra = {k: stack.plane(i) for k, stack in maps.items()}
-            figures.append(region_figure(i, truth.labels[i], crop, compared, g, extra))
-    summary = {
-        m: summarize(
-            [{k: v for k, v in r.items() if k != "plane"} for r in rows if r["method"] == m]
-        )
-        for m in methods
-    }
-    settings = {
-        "version": __version__,
-        "gt": str(truth.path),
-        "raw": str(raw) if raw else None,
-        "predictions": {n: str(s.path) for n, s in stacks.items()},
-        "normalize": normalize,
-        "intensity": intensity_note(normalize, L),
-        "data_range": L,
-        "patch": patch,
-        "planes_total": truth.n,
-        "planes_scored": scored,
-        "channel": channel,
-        "pixel_size": truth.pixel_size,
-        "unit": truth.unit,
-        "gaussian": gaussian,
-        "std": str(std) if std else None,
-        "entropy": str(entropy) if entropy else None,
-    }
-    result = EvaluationResult(tuple(methods), rows, summary, settings, notes, training=training)
+    shown = crops if report_dir is not None else []
+    rows, figures = _score_planes(inputs, scored, normalize, patch, gaussian, shown)
+    baselines = (["raw"] if inputs.raw else []) + (["gaussian"] if gaussian else [])
+    methods = baselines + list(inputs.preds)
+    settings = _settings(inputs, scored, gaussian, {"raw": raw, **maps}, normalize, patch, channel)
+    result = EvaluationResult(
+        tuple(methods), rows, _summaries(rows, methods), settings, notes, training=training
+    )
     if samples is not None:
-        result.samples_curve = samples_curve(samples, truth, scored, normalize, L, patch, channel)
+        L = inputs.data_range
+        result.samples_curve = samples_curve(
+            samples, inputs.truth, scored, normalize, L, patch, channel
+        )
     if report_dir is not None:
         result.report = write_report(Path(report_dir), result.to_dict(), figures)
     return result

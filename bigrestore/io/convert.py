@@ -83,14 +83,16 @@ def read_tiff(path: str | Path, axes: str | None = None) -> tuple[da.Array, Imag
         if unknown or len(set(TIFF_AXES[a] for a in file_axes)) != len(file_axes):
             raise BadInputError(
                 describe(path, "axes", "known axes (T, C, Z, Y, X) in the metadata", file_axes)
-                + f"; pass --axes with {len(file_axes)} letters, e.g. --axes {'tczyx'[-len(file_axes):]}"
+                + f"; pass --axes with {len(file_axes)} letters, e.g. --axes {'tczyx'[-len(file_axes) :]}"
             )
         source_axes = "".join(TIFF_AXES[a] for a in file_axes)
     else:
         source_axes = axes.lower()
         if len(source_axes) != len(series.shape):
             raise BadInputError(
-                describe(path, "--axes", f"{len(series.shape)} letters for shape {series.shape}", axes)
+                describe(
+                    path, "--axes", f"{len(series.shape)} letters for shape {series.shape}", axes
+                )
             )
     if sorted(source_axes) != sorted(set(source_axes)):
         raise BadInputError(describe(path, "axes", "distinct axis names", source_axes))
@@ -129,5 +131,9 @@ def convert_tiff(
             for a, u in zip(meta.axes, meta.units, strict=True)
         )
         meta = ImageMeta(meta.axes, scale, meta.translation, units, meta.channel_names, meta.name)
-    yx_chunks = tuple(min(n, chunks) if a in "yx" else 1 for a, n in zip(meta.axes, data.shape, strict=True))
-    return write_image(destination, data, meta, ngff_version=ngff_version, chunks=yx_chunks, overwrite=overwrite)
+    yx_chunks = tuple(
+        min(n, chunks) if a in "yx" else 1 for a, n in zip(meta.axes, data.shape, strict=True)
+    )
+    return write_image(
+        destination, data, meta, ngff_version=ngff_version, chunks=yx_chunks, overwrite=overwrite
+    )

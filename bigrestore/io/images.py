@@ -6,6 +6,7 @@ the pixels as a dask array without reading them. Nothing here writes.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,8 @@ class OpenedImage:
     chunks: tuple[int, ...]
 
 
-
+#: No real image has more chunks than this; a shape that claims more is a metadata error.
+MAX_CHUNKS = 10**9
 CONVERT_HINT = "convert it first with: bigrestore convert {path} OUT.zarr"
 
 
@@ -42,20 +44,33 @@ def _open_group(path: Path) -> zarr.Group:
         raise MissingInputError(f"{path}: no such file or directory")
     if path.is_file():
         raise BadInputError(
-            describe(path, "input", "an OME-Zarr store (a directory)", f"a file ({path.suffix or 'no suffix'})")
-            + "; " + CONVERT_HINT.format(path=path)
+            describe(
+                path,
+                "input",
+                "an OME-Zarr store (a directory)",
+                f"a file ({path.suffix or 'no suffix'})",
+            )
+            + "; "
+            + CONVERT_HINT.format(path=path)
         )
     try:
         node = zarr.open(str(path), mode="r")
     except Exception as exc:  # zarr raises several types for "not zarr"
         raise BadInputError(
             describe(path, "store", "a zarr group (OME-Zarr)", f"{type(exc).__name__}: {exc}")
-            + "; " + CONVERT_HINT.format(path=path)
+            + "; "
+            + CONVERT_HINT.format(path=path)
         ) from exc
     if not isinstance(node, zarr.Group):
         raise BadInputError(
-            describe(path, "store", "an OME-Zarr image group", f"a plain zarr array of shape {node.shape}")
-            + "; " + CONVERT_HINT.format(path=path)
+            describe(
+                path,
+                "store",
+                "an OME-Zarr image group",
+                f"a plain zarr array of shape {node.shape}",
+            )
+            + "; "
+            + CONVERT_HINT.format(path=path)
         )
     return node
 
@@ -69,7 +84,9 @@ def _select_series(group: zarr.Group, path: Path, series: int | None) -> tuple[z
             raise BadInputError(describe(path, "series", f"one of {found}", series))
         return group[key], path / key
     if series not in (None, 0):
-        raise BadInputError(describe(path, "series", "no --series (not a bioformats2raw store)", series))
+        raise BadInputError(
+            describe(path, "series", "no --series (not a bioformats2raw store)", series)
+        )
     return group, path
 
 
@@ -96,7 +113,8 @@ def open_image(path: str | Path, level: int = 0, series: int | None = None) -> O
     if not multiscales:
         raise BadInputError(
             describe(path, "multiscales", "NGFF multiscales metadata", "none")
-            + "; if this is image data without OME metadata, " + CONVERT_HINT.format(path=path)
+            + "; if this is image data without OME metadata, "
+            + CONVERT_HINT.format(path=path)
         )
     ms = multiscales[0]
     version = version or str(ms.get("version", "0.4"))
@@ -119,7 +137,9 @@ def open_image(path: str | Path, level: int = 0, series: int | None = None) -> O
     scale, translation = _level_transform(datasets[0], ndim)
     global_scale, global_translation = _level_transform(ms, ndim)
     scale = [s * g for s, g in zip(scale, global_scale, strict=True)]
-    translation = [t * g + gt for t, g, gt in zip(translation, global_scale, global_translation, strict=True)]
+    translation = [
+        t * g + gt for t, g, gt in zip(translation, global_scale, global_translation, strict=True)
+    ]
     channel_names = None
     omero = ome.get("omero")
     if omero and omero.get("channels"):
@@ -133,6 +153,19 @@ def open_image(path: str | Path, level: int = 0, series: int | None = None) -> O
         name=str(ms.get("name") or path.stem),
     )
     array = arrays[level]
+    n_chunks = 1
+    for n, c in zip(array.shape, array.chunks, strict=True):
+        n_chunks *= -(-n // c) if n else 0
+    if n_chunks > MAX_CHUNKS:
+        raise BadInputError(
+            describe(
+                path,
+                "shape",
+                f"at most {MAX_CHUNKS} chunks",
+                f"shape {array.shape} in chunks {array.chunks}: {n_chunks:.3g} chunks",
+            )
+            + "; check the array metadata"
+        )
     data = da.from_zarr(array)
     return OpenedImage(
         path=path,
@@ -144,3 +177,28 @@ def open_image(path: str | Path, level: int = 0, series: int | None = None) -> O
         level_shapes=tuple(tuple(a.shape) for a in arrays),
         chunks=tuple(array.chunks),
     )
+
+
+#: Files of a zarr array directory that are metadata, not chunks.
+_METADATA_FILES = {"zarr.json", ".zarray", ".zattrs", ".zgroup", ".zmetadata"}
+
+
+def chunk_census(image: OpenedImage) -> tuple[int, int]:
+    """(stored, expected) chunk objects of the level-0 array (shards, for a sharded array).
+
+    Counted by listing the array's directory, so it costs one directory walk whatever the
+    shape. A chunk that was never written reads back as the fill value, silently: a run
+    compares the two counts before restoring. (-1, expected) for a store that is not a local
+    directory (not counted)."""
+    array = zarr.open_array(str(image.path / image.level_paths[0]), mode="r")
+    grid_unit = array.shards or array.chunks
+    expected = 1
+    for n, c in zip(array.shape, grid_unit, strict=True):
+        expected *= -(-n // c) if n else 0
+    folder = image.path / image.level_paths[0]
+    if not folder.is_dir():
+        return -1, expected
+    stored = sum(
+        1 for _, _, files in os.walk(folder) for name in files if name not in _METADATA_FILES
+    )
+    return stored, expected

@@ -52,7 +52,9 @@ class NgffFormat:
 def ngff_format(version: str) -> NgffFormat:
     """The format of NGFF ``version`` ("0.4" or "0.5")."""
     if version not in NGFF_VERSIONS:
-        raise BadInputError(describe("--ngff-version", "version", " or ".join(NGFF_VERSIONS), version))
+        raise BadInputError(
+            describe("--ngff-version", "version", " or ".join(NGFF_VERSIONS), version)
+        )
     return NgffFormat(version, 2 if version == "0.4" else 3)
 
 
@@ -75,8 +77,13 @@ def level_transforms(meta: ImageMeta, n_levels: int) -> list[list[dict[str, Any]
     for level in range(n_levels):
         factor = [2**level if a in "yx" else 1 for a in meta.axes]
         scale = [s * f for s, f in zip(meta.scale, factor, strict=True)]
-        translation = [t + (f - 1) * s / 2 for t, s, f in zip(meta.translation, meta.scale, factor, strict=True)]
-        transforms.append([{"type": "scale", "scale": scale}, {"type": "translation", "translation": translation}])
+        translation = [
+            t + (f - 1) * s / 2
+            for t, s, f in zip(meta.translation, meta.scale, factor, strict=True)
+        ]
+        transforms.append(
+            [{"type": "scale", "scale": scale}, {"type": "translation", "translation": translation}]
+        )
     return transforms
 
 
@@ -93,18 +100,24 @@ def omero(
     """OMERO rendering metadata: labels, colours and one display window per channel, given as
     (start, end) or (start, end, min, max)."""
     names = channel_names or tuple(f"channel {i}" for i in range(n_channels))
-    colors = ["FFFFFF"] if n_channels == 1 else ["00FF00", "FF00FF", "00FFFF", "FFFF00", "FF0000", "0000FF"]
+    colors = (
+        ["FFFFFF"]
+        if n_channels == 1
+        else ["00FF00", "FF00FF", "00FFFF", "FFFF00", "FF0000", "0000FF"]
+    )
     channels = []
     for i, name in enumerate(names):
         window = windows[min(i, len(windows) - 1)]
         start, end = window[0], window[1]
         low, high = (window[2], window[3]) if len(window) == 4 else (start, end)
-        channels.append({
-            "label": str(name),
-            "color": colors[i % len(colors)],
-            "active": True,
-            "window": {"min": low, "max": high, "start": start, "end": end},
-        })
+        channels.append(
+            {
+                "label": str(name),
+                "color": colors[i % len(colors)],
+                "active": True,
+                "window": {"min": low, "max": high, "start": start, "end": end},
+            }
+        )
     return {"channels": channels, "rdefs": {"model": "greyscale" if n_channels == 1 else "color"}}
 
 
@@ -137,5 +150,7 @@ def write_metadata(
         windows = window
     else:
         windows = [window]
-    write_multiscales_metadata(group, datasets=datasets, fmt=fmt.ome_zarr(), axes=axes, name=meta.name)
+    write_multiscales_metadata(
+        group, datasets=datasets, fmt=fmt.ome_zarr(), axes=axes, name=meta.name
+    )
     fmt.set_ome_attribute(group, "omero", omero(meta.channel_names, n_channels, windows))

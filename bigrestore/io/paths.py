@@ -19,6 +19,8 @@ from bigrestore.errors import CannotCreateOutputError
 
 #: Attribute key of bigrestore's mark (and of the run manifest) in a group it wrote.
 MARK_KEY = "bigrestore"
+#: The run lock inside an output store (bigrestore.io.runstore).
+LOCK_FILE = "bigrestore.lock"
 
 
 def unwritable_directory(directory: Path) -> Path | None:
@@ -56,9 +58,12 @@ def group_attributes(path: Path) -> dict[str, Any] | None:
 
 
 def written_by_bigrestore(path: Path) -> bool:
-    """True if ``path`` is a group that bigrestore wrote (its attributes carry the mark)."""
+    """True if ``path`` is a group that bigrestore wrote (its attributes carry the mark), or a
+    run's store that holds nothing yet but its lock (a run killed at its very start)."""
     attrs = group_attributes(path)
-    return attrs is not None and isinstance(attrs.get(MARK_KEY), dict)
+    if attrs is not None:
+        return isinstance(attrs.get(MARK_KEY), dict)
+    return Path(path).is_dir() and {p.name for p in Path(path).iterdir()} <= {LOCK_FILE}
 
 
 def check_output(path: Path, overwrite: bool, inputs: Sequence[Path] = ()) -> None:
@@ -68,9 +73,13 @@ def check_output(path: Path, overwrite: bool, inputs: Sequence[Path] = ()) -> No
     path = Path(path)
     for source in inputs:
         if is_within(path, source):
-            raise CannotCreateOutputError(f"{path}: output would be inside the input {source}; choose another -o")
+            raise CannotCreateOutputError(
+                f"{path}: output would be inside the input {source}; choose another -o"
+            )
         if is_within(source, path):
-            raise CannotCreateOutputError(f"{path}: output would replace a directory that holds the input {source}")
+            raise CannotCreateOutputError(
+                f"{path}: output would replace a directory that holds the input {source}"
+            )
     if path.exists() or path.is_symlink():
         if not overwrite:
             raise CannotCreateOutputError(f"{path}: output exists; pass --overwrite to replace it")
@@ -85,7 +94,9 @@ def check_output(path: Path, overwrite: bool, inputs: Sequence[Path] = ()) -> No
         raise CannotCreateOutputError(f"{path}: parent directory {path.parent} is not writable")
     blocked = unwritable_directory(path) if path.is_dir() else None
     if blocked is not None:
-        raise CannotCreateOutputError(f"{path}: cannot replace the output: {blocked} is not writable")
+        raise CannotCreateOutputError(
+            f"{path}: cannot replace the output: {blocked} is not writable"
+        )
 
 
 def prepare_output(path: Path, overwrite: bool, inputs: Sequence[Path] = ()) -> None:

@@ -26,10 +26,9 @@ import zarr
 from bigrestore.errors import CannotCreateOutputError, IncompatibleModelError, IOFailure, describe
 from bigrestore.io.meta import ImageMeta
 from bigrestore.io.ngff import ngff_format
-from bigrestore.io.paths import MARK_KEY, group_attributes
+from bigrestore.io.paths import LOCK_FILE, MARK_KEY, group_attributes
 from bigrestore.io.write import create_level0, finalize_image
 
-LOCK_FILE = "bigrestore.lock"
 DONE_ARRAY = "done"
 
 
@@ -76,7 +75,7 @@ def read_lock(store: Path) -> dict[str, Any] | None:
 
 
 def lock_state(store: Path) -> str:
-    """"free", "held" (a live run on this host), "stale" (its process is gone) or "foreign"
+    """ "free", "held" (a live run on this host), "stale" (its process is gone) or "foreign"
     (held from another host: cannot be checked from here)."""
     record = read_lock(store)
     if record is None:
@@ -98,7 +97,9 @@ def output_lock(store: Path, command: str) -> Iterator[dict[str, Any]]:
     try:
         store.mkdir(parents=False, exist_ok=True)
     except OSError as exc:
-        raise CannotCreateOutputError(describe(store, "output", "a directory that can be created", exc)) from exc
+        raise CannotCreateOutputError(
+            describe(store, "output", "a directory that can be created", exc)
+        ) from exc
     record = {
         "host": socket.gethostname(),
         "pid": os.getpid(),
@@ -114,13 +115,22 @@ def output_lock(store: Path, command: str) -> Iterator[dict[str, Any]]:
         except FileExistsError:
             _refuse_or_clear(store)
     else:
-        raise CannotCreateOutputError(f"{store}: another run took the lock at the same moment; try again")
+        raise CannotCreateOutputError(
+            f"{store}: another run took the lock at the same moment; try again"
+        )
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         json.dump(record, f)
     try:
         yield record
     finally:
         path.unlink(missing_ok=True)
+
+
+def refuse_if_locked(store: Path) -> None:
+    """Refuse an output that a live run (or a run on another host) holds; a stale lock stays
+    for :func:`output_lock` to take over. Changes nothing."""
+    if Path(store).is_dir() and lock_state(store) in ("held", "foreign"):
+        _refuse_or_clear(store)
 
 
 def _refuse_or_clear(store: Path) -> None:
@@ -133,7 +143,9 @@ def _refuse_or_clear(store: Path) -> None:
         return
     who = f"pid {held.get('pid')} on {held.get('host')} since {held.get('started')} ({held.get('command', '?')})"
     if state == "held":
-        raise CannotCreateOutputError(f"{store}: another bigrestore run is writing this output: {who}")
+        raise CannotCreateOutputError(
+            f"{store}: another bigrestore run is writing this output: {who}"
+        )
     raise CannotCreateOutputError(
         f"{store}: locked by {who}; if that run is no longer running, delete {lock} and try again"
     )
@@ -176,7 +188,9 @@ class RunStore:
                 continue
             shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
 
-    def ensure_layout(self, record: dict[str, Any], images: Sequence[LevelZero], done_shape: tuple[int, ...]) -> None:
+    def ensure_layout(
+        self, record: dict[str, Any], images: Sequence[LevelZero], done_shape: tuple[int, ...]
+    ) -> None:
         """Create whatever of the layout is missing: root group with a ``running`` manifest,
         level-0 arrays, the done array. Existing pieces are kept (resume after a kill)."""
         try:
@@ -186,12 +200,22 @@ class RunStore:
             root = zarr.open_group(str(self.path), mode="a", zarr_format=self.format.zarr_format)
             if DONE_ARRAY not in root:
                 root.create_array(
-                    DONE_ARRAY, shape=done_shape, dtype="uint8", chunks=(1,) * len(done_shape), fill_value=0
+                    DONE_ARRAY,
+                    shape=done_shape,
+                    dtype="uint8",
+                    chunks=(1,) * len(done_shape),
+                    fill_value=0,
                 )
             for image in images:
                 if not _has_level0(self.path / image.path, self.format.zarr_format):
-                    create_level0(self.path / image.path, image.shape, image.dtype, image.axes, image.chunks,
-                                  self.format.version)
+                    create_level0(
+                        self.path / image.path,
+                        image.shape,
+                        image.dtype,
+                        image.axes,
+                        image.chunks,
+                        self.format.version,
+                    )
         except OSError as exc:
             raise CannotCreateOutputError(f"{self.path}: cannot create the output: {exc}") from exc
 
@@ -204,7 +228,14 @@ class RunStore:
         previous = self.manifest()
         if previous.get("status") == "complete":
             return
-        for key in ("input", "model_sha256", "settings", "channels", "ngff_version", "threads_per_worker"):
+        for key in (
+            "input",
+            "model_sha256",
+            "settings",
+            "channels",
+            "ngff_version",
+            "threads_per_worker",
+        ):
             if previous.get(key) != record.get(key):
                 raise IncompatibleModelError(
                     describe(self.path, f"--resume {key}", previous.get(key), record.get(key))
@@ -215,9 +246,13 @@ class RunStore:
         """Pyramids and NGFF metadata of every image (``(path, meta, window)``), idempotently."""
         try:
             for path, meta, window in images:
-                finalize_image(self.path / path, meta, self.format.version, min_side=min_side, window=window)
+                finalize_image(
+                    self.path / path, meta, self.format.version, min_side=min_side, window=window
+                )
         except OSError as exc:
-            raise IOFailure(f"{self.path}: writing pyramids failed: {exc}; fix the cause, then --resume") from exc
+            raise IOFailure(
+                f"{self.path}: writing pyramids failed: {exc}; fix the cause, then --resume"
+            ) from exc
 
 
 def _has_level0(image: Path, zarr_format: int) -> bool:
@@ -249,7 +284,9 @@ def run_status(path: Path) -> dict[str, Any] | None:
     return {
         "path": str(path),
         "status": status,
-        "lock": "" if lock == "free" else f"lock {lock}: pid {holder.get('pid')} on {holder.get('host')}",
+        "lock": ""
+        if lock == "free"
+        else f"lock {lock}: pid {holder.get('pid')} on {holder.get('host')}",
         "blocks": blocks,
         "blocks_done": blocks_done,
         "input": manifest.get("input"),

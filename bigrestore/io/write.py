@@ -26,17 +26,31 @@ PYRAMID_MIN_SIDE = 256
 DEFAULT_YX_CHUNK = 512
 
 
-def default_chunks(shape: tuple[int, ...], axes: str, yx_chunk: int = DEFAULT_YX_CHUNK) -> tuple[int, ...]:
+def default_chunks(
+    shape: tuple[int, ...], axes: str, yx_chunk: int = DEFAULT_YX_CHUNK
+) -> tuple[int, ...]:
     """One plane per chunk on t/c/z, ``yx_chunk`` squares in YX (clipped to the shape)."""
     return tuple(min(n, yx_chunk) if a in "yx" else 1 for n, a in zip(shape, axes, strict=True))
 
 
 def _create_array(
-    group: zarr.Group, name: str, shape: tuple[int, ...], dtype: Any, chunks: tuple[int, ...], axes: str, fmt: NgffFormat
+    group: zarr.Group,
+    name: str,
+    shape: tuple[int, ...],
+    dtype: Any,
+    chunks: tuple[int, ...],
+    axes: str,
+    fmt: NgffFormat,
 ) -> zarr.Array:
     chunks = tuple(min(c, n) if n > 0 else 1 for c, n in zip(chunks, shape, strict=True))
     return group.create_array(
-        name, shape=shape, dtype=dtype, chunks=chunks, fill_value=0, overwrite=True, **fmt.array_options(axes)
+        name,
+        shape=shape,
+        dtype=dtype,
+        chunks=chunks,
+        fill_value=0,
+        overwrite=True,
+        **fmt.array_options(axes),
     )
 
 
@@ -52,7 +66,9 @@ def create_level0(
     fmt = ngff_format(ngff_version)
     try:
         group = zarr.open_group(str(group_path), mode="a", zarr_format=fmt.zarr_format)
-        return _create_array(group, "0", shape, dtype, chunks or default_chunks(shape, axes), axes, fmt)
+        return _create_array(
+            group, "0", shape, dtype, chunks or default_chunks(shape, axes), axes, fmt
+        )
     except OSError as exc:
         raise CannotCreateOutputError(f"{group_path}: cannot create array: {exc}") from exc
 
@@ -63,7 +79,9 @@ def mark_written(group_path: Path, **fields: Any) -> None:
     group.attrs[MARK_KEY] = {"written_by": "bigrestore", "version": __version__, **fields}
 
 
-def pyramid_shapes(shape: tuple[int, ...], axes: str, min_side: int = PYRAMID_MIN_SIDE) -> list[tuple[int, ...]]:
+def pyramid_shapes(
+    shape: tuple[int, ...], axes: str, min_side: int = PYRAMID_MIN_SIDE
+) -> list[tuple[int, ...]]:
     """Level shapes: YX halved (rounding up) until the smaller YX side is ≤ ``min_side``."""
     iy, ix = axes.index("y"), axes.index("x")
     shapes = [tuple(shape)]
@@ -126,11 +144,16 @@ WINDOW_PIXELS = 1 << 20
 WINDOW_PLANES = 16
 
 
-def robust_windows(group: zarr.Group, axes: str, n_levels: int) -> list[tuple[float, float, float, float]]:
+def robust_windows(
+    group: zarr.Group, axes: str, n_levels: int
+) -> list[tuple[float, float, float, float]]:
     """Per channel (start, end, min, max) of a display window: the (0.1, 99.9) percentiles and
     the extremes of the finest pyramid level with at most ~1 Mpixel per plane, over at most 16
     evenly spaced planes. Viewers then open every output with its data visible, not saturated."""
-    level = next((i for i in range(n_levels) if _plane_pixels(group[str(i)].shape, axes) <= WINDOW_PIXELS), n_levels - 1)
+    level = next(
+        (i for i in range(n_levels) if _plane_pixels(group[str(i)].shape, axes) <= WINDOW_PIXELS),
+        n_levels - 1,
+    )
     array = group[str(level)]
     channels = range(array.shape[axes.index("c")]) if "c" in axes else [None]
     windows = []
@@ -176,7 +199,9 @@ def write_image(
     if meta.channel_names is not None and "c" in meta.axes:
         n_c = data.shape[meta.axes.index("c")]
         if len(meta.channel_names) != n_c:
-            raise BadInputError(describe(path, "channel names", f"{n_c} names", len(meta.channel_names)))
+            raise BadInputError(
+                describe(path, "channel names", f"{n_c} names", len(meta.channel_names))
+            )
     prepare_output(path, overwrite, inputs)
     level0 = create_level0(path, tuple(data.shape), data.dtype, meta.axes, chunks, ngff_version)
     mark_written(path)

@@ -108,14 +108,25 @@ def _canonical(meta: dict[str, Any]) -> bytes:
     return json.dumps(meta, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
 
 
-def _check_spec(path: object, meta: dict[str, Any], error: type[Exception]) -> tuple[Objective, Schedule, Normalization]:
+def _check_spec(
+    path: object, meta: dict[str, Any], error: type[Exception]
+) -> tuple[Objective, Schedule, Normalization]:
     """Check the caller-supplied part of the metadata (shared by save and load)."""
     unknown = sorted(set(meta) - set(CORE_KEYS) - set(SPEC_KEYS))
     if unknown:
-        raise error(describe(path, unknown[0], f"one of {sorted(CORE_KEYS + SPEC_KEYS)}", "an unknown key"))
+        raise error(
+            describe(path, unknown[0], f"one of {sorted(CORE_KEYS + SPEC_KEYS)}", "an unknown key")
+        )
     objective = get_objective(meta.get("objective"), path, error)
     if objective.sampled and not isinstance(meta.get("schedule"), dict):
-        raise error(describe(path, "schedule", f"a mapping for a {objective.name} model", repr(meta.get("schedule"))))
+        raise error(
+            describe(
+                path,
+                "schedule",
+                f"a mapping for a {objective.name} model",
+                repr(meta.get("schedule")),
+            )
+        )
     for key in ("schedule", "normalization", "provenance", "calibration"):
         if key in meta and not isinstance(meta[key], dict):
             raise error(describe(path, key, "a mapping", type(meta[key]).__name__))
@@ -123,7 +134,9 @@ def _check_spec(path: object, meta: dict[str, Any], error: type[Exception]) -> t
         schedule = Schedule.from_dict(meta.get("schedule", {}))
     except IncompatibleModelError as err:
         raise error(f"{path}: {err}") from err
-    normalization = validate_model(Normalization, meta.get("normalization", {}), path, error, "normalization.")
+    normalization = validate_model(
+        Normalization, meta.get("normalization", {}), path, error, "normalization."
+    )
     return objective, schedule, normalization
 
 
@@ -136,7 +149,9 @@ def _model_dir(path: Path) -> Path:
         return path
     if path.name == CONFIG_FILE:
         return path.parent
-    raise IncompatibleModelError(describe(path, "model", f"a directory or its {CONFIG_FILE}", "another file"))
+    raise IncompatibleModelError(
+        describe(path, "model", f"a directory or its {CONFIG_FILE}", "another file")
+    )
 
 
 def save_model(directory: Path, net: ConditionalUNet, spec: dict[str, Any]) -> str:
@@ -150,10 +165,16 @@ def save_model(directory: Path, net: ConditionalUNet, spec: dict[str, Any]) -> s
     half-written weights file.
     """
     directory = Path(directory)
-    meta: dict[str, Any] = {"format": FORMAT, "format_version": FORMAT_VERSION, "unet": net.config.to_dict()}
+    meta: dict[str, Any] = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "unet": net.config.to_dict(),
+    }
     clash = sorted(set(spec) & set(CORE_KEYS))
     if clash:
-        raise BadInputError(describe(directory, clash[0], "a key set by save_model, not by spec", "a spec key"))
+        raise BadInputError(
+            describe(directory, clash[0], "a key set by save_model, not by spec", "a spec key")
+        )
     meta.update(spec)
     _check_spec(directory, meta, BadInputError)
     try:
@@ -174,7 +195,9 @@ def save_model(directory: Path, net: ConditionalUNet, spec: dict[str, Any]) -> s
         text = json.dumps(meta, indent=2, allow_nan=False) + "\n"
         write_atomic(directory / CONFIG_FILE, lambda p: p.write_text(text, encoding="utf-8"))
     except OSError as e:
-        raise CannotCreateOutputError(describe(directory, "model", "a writable directory", e)) from e
+        raise CannotCreateOutputError(
+            describe(directory, "model", "a writable directory", e)
+        ) from e
     log.info("saved model to %s (%d tensors)", directory, len(tensors))
     return hashlib.sha256(_canonical(json.loads(text))).hexdigest()
 
@@ -185,7 +208,9 @@ def _read_meta(directory: Path) -> dict[str, Any]:
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as e:
-        raise IncompatibleModelError(describe(path, "file", "a model config", "no such file")) from e
+        raise IncompatibleModelError(
+            describe(path, "file", "a model config", "no such file")
+        ) from e
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise IncompatibleModelError(describe(path, "file", "readable JSON", e)) from e
     if not isinstance(meta, dict):
@@ -194,13 +219,21 @@ def _read_meta(directory: Path) -> dict[str, Any]:
         raise IncompatibleModelError(describe(path, "format", FORMAT, repr(meta.get("format"))))
     version = meta.get("format_version")
     if type(version) is not int or version != FORMAT_VERSION:
-        raise IncompatibleModelError(describe(path, "format_version", FORMAT_VERSION, repr(version)))
+        raise IncompatibleModelError(
+            describe(path, "format_version", FORMAT_VERSION, repr(version))
+        )
     missing = [k for k in CORE_KEYS if k not in meta]
     if missing:
         raise IncompatibleModelError(describe(path, missing[0], "present", "missing"))
     digest = meta["weights_sha256"]
-    if not (isinstance(digest, str) and len(digest) == 64 and all(c in "0123456789abcdef" for c in digest)):
-        raise IncompatibleModelError(describe(path, "weights_sha256", "64 lowercase hex digits", repr(digest)))
+    if not (
+        isinstance(digest, str)
+        and len(digest) == 64
+        and all(c in "0123456789abcdef" for c in digest)
+    ):
+        raise IncompatibleModelError(
+            describe(path, "weights_sha256", "64 lowercase hex digits", repr(digest))
+        )
     return meta
 
 
@@ -209,18 +242,29 @@ def _check_weights_shapes(weights: Path, config: UNetConfig) -> None:
     only the safetensors header and building the network on the meta device (no memory), so an
     edited architecture (say base_channels 2048) is refused before anything is allocated."""
     with torch.device("meta"):
-        expected = {k: (tuple(v.shape), v.dtype) for k, v in ConditionalUNet(config).state_dict().items()}
+        expected = {
+            k: (tuple(v.shape), v.dtype) for k, v in ConditionalUNet(config).state_dict().items()
+        }
     try:
         with safe_open(str(weights), framework="pt") as f:
-            stored = {k: (tuple(f.get_slice(k).get_shape()), f.get_slice(k).get_dtype()) for k in f.keys()}
+            stored = {
+                k: (tuple(f.get_slice(k).get_shape()), f.get_slice(k).get_dtype()) for k in f.keys()
+            }
     except (SafetensorError, OSError, ValueError) as e:
         raise IncompatibleModelError(describe(weights, "file", "safetensors weights", e)) from e
-    names = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
+    names = {
+        "F32": torch.float32,
+        "F16": torch.float16,
+        "BF16": torch.bfloat16,
+        "F64": torch.float64,
+    }
     for key in sorted(set(expected) | set(stored)):
         if key not in stored:
             raise IncompatibleModelError(describe(weights, key, "a stored tensor", "missing"))
         if key not in expected:
-            raise IncompatibleModelError(describe(weights, key, "a tensor of the architecture", "an unknown tensor"))
+            raise IncompatibleModelError(
+                describe(weights, key, "a tensor of the architecture", "an unknown tensor")
+            )
         (want_shape, want_dtype), (got_shape, got_dtype) = expected[key], stored[key]
         if want_shape != got_shape or names.get(got_dtype) != want_dtype:
             raise IncompatibleModelError(
@@ -268,7 +312,9 @@ def load_model(path: Path, device: str | torch.device = "cpu") -> tuple[Conditio
         state = load_file(str(weights), device="cpu")
     except (SafetensorError, OSError, ValueError) as e:
         raise IncompatibleModelError(describe(weights, "file", "safetensors weights", e)) from e
-    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    bad = [
+        k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())
+    ]
     if bad:
         raise IncompatibleModelError(describe(weights, bad[0], "finite values", "NaN or inf"))
     net = ConditionalUNet(info.unet)

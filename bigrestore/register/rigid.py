@@ -3,7 +3,8 @@
 The paper registered every low/high pair rigidly with ITK and reproduced the
 registration padding (pixels the moved image does not cover) on the reference
 image, so that the network never learns to invent content at the border. This
-module does the same on numpy arrays; the OME-Zarr I/O and the CLI call it.
+module registers one pair of numpy arrays; :mod:`bigrestore.register.stack` registers
+stacks and volumes and reproduces the padding, and the CLI calls it.
 
 Conventions (all arrays in numpy axis order, (y, x) or (z, y, x)):
 - the transform maps a *fixed* (reference) pixel index ``i`` to a continuous
@@ -22,7 +23,7 @@ invariant to the per-image contrast stretch of the W2S release; the default)
 or Mattes mutual information; regular-step gradient descent with parameter
 scales from physical shifts; three levels (shrink 4, 2, 1; Gaussian smoothing
 2, 1, 0 px). The metric interpolates the clean ``fixed`` image on the noisy
-grid, and the transform found is inverted (see ``register_rigid``). On 30
+grid, and the transform found is inverted (see ``_run_registration``). On 30
 W2S val crops (256², 2° + (3.5, -2) px applied) the translation error was at
 most 0.3 px with correlation and 0.7 px with Mattes (noisiest channel).
 Initialisation is *geometric*, as ITK's ``CenteredTransformInitializer`` in
@@ -34,9 +35,8 @@ image centre.
 
 from __future__ import annotations
 
-import itertools
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -75,23 +75,6 @@ class RigidResult:
     score_after: float
 
 
-@dataclass
-class StackResult:
-    """Registration of a stack: the whole registered stack plus one result per transform.
-
-    registered: float32, fixed's shape; valid_mask: bool, fixed's shape (the mask
-    of the plane/volume the pixel belongs to, repeated over channels).
-    results: one RigidResult per estimated transform, computed on the reference
-    channel; indices: for each, its index over the non-channel, non-registered
-    axes (e.g. (t, z) in "plane" mode, (t,) in "volume" mode).
-    """
-
-    registered: np.ndarray
-    valid_mask: np.ndarray
-    results: list[RigidResult] = field(default_factory=list)
-    indices: list[tuple[int, ...]] = field(default_factory=list)
-
-
 def _import_itk() -> Any:
     try:
         import itk
@@ -122,17 +105,6 @@ def alignment_score(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None
     b64 = b64 - b64.mean()
     denom = np.sqrt(np.sum(a64 * a64) * np.sum(b64 * b64))
     return float(np.sum(a64 * b64) / denom) if denom > 0 else 0.0
-
-
-def apply_padding_mask(reference: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Copy of ``reference`` with the registration padding reproduced (outside ``mask`` -> 0).
-
-    Paper suppl. S1.1: the zero border that resampling leaves in the registered
-    low-SNR image is copied onto the high-SNR reference. Keeps the dtype.
-    """
-    if reference.shape != mask.shape:
-        raise BadInputError(describe("padding mask", "shape", reference.shape, mask.shape))
-    return np.where(mask, reference, np.zeros((), dtype=reference.dtype))
 
 
 def _to_itk(itk: Any, array: np.ndarray, spacing: tuple[float, ...] | None = None) -> Any:
@@ -242,22 +214,10 @@ def _parameters(transform: Any, matrix: np.ndarray, shape: tuple[int, ...]) -> d
     return out
 
 
-def register_rigid(
-    moving: np.ndarray,
-    fixed: np.ndarray,
-    spacing: tuple[float, ...] | None = None,
-    max_iterations: int = 200,
-    metric: str = "correlation",
-    init: str = "geometry",
-) -> RigidResult:
-    """Rigidly register ``moving`` (e.g. low-SNR) onto ``fixed`` (high-SNR reference).
-
-    2D (y, x) arrays use ``Euler2DTransform``, 3D (z, y, x) ``Euler3DTransform``.
-    ``spacing`` is the physical pixel size per axis (numpy order; default 1), so
-    rotations are rigid in physical space for anisotropic voxels. Any real
-    dtype; intensities may differ in scale between the two images.
-    """
-    itk = _import_itk()
+def _check_pair(
+    moving: np.ndarray, fixed: np.ndarray, spacing: tuple[float, ...] | None, metric: str, init: str
+) -> np.ndarray:
+    """Refuse a pair, metric, initialisation or spacing register_rigid cannot use; the spacing."""
     if moving.shape != fixed.shape or fixed.ndim not in (2, 3):
         raise BadInputError(
             describe(
@@ -274,27 +234,16 @@ def register_rigid(
         raise BadInputError(
             describe("register_rigid", "spacing", f"{ndim} positive values", spacing)
         )
-
     for name, array in (("moving", moving), ("fixed", fixed)):
         if not np.ptp(array) > 0:  # also catches NaN
             raise BadInputError(
                 describe("register_rigid", name, "a non-constant, finite image", "constant or NaN")
             )
+    return sp
 
-    image_type = itk.Image[itk.F, ndim]
-    # ITK's roles are swapped: the metric samples (interpolates) the clean reference
-    # on the noisy image's grid. Interpolating the noisy image instead averages its
-    # noise by an amount that depends on the sub-pixel shift and biases the estimate
-    # towards half-pixel shifts (measured on W2S: up to 1.2 px, 0.3 px when swapped).
-    # The transform found (noisy grid -> reference) is inverted below.
-    noisy_img, clean_img = _to_itk(itk, moving, tuple(sp)), _to_itk(itk, fixed, tuple(sp))
-    transform = _initial_transform(itk, fixed, moving, sp, init)
 
-    if metric == "correlation":
-        itk_metric = itk.CorrelationImageToImageMetricv4[image_type, image_type].New()
-    else:
-        itk_metric = itk.MattesMutualInformationImageToImageMetricv4[image_type, image_type].New()
-        itk_metric.SetNumberOfHistogramBins(50)
+def _optimizer(itk: Any, itk_metric: Any, sp: np.ndarray, max_iterations: int) -> Any:
+    """Regular-step gradient descent, first step one pixel, scales from physical shifts."""
     scales = itk.RegistrationParameterScalesFromPhysicalShift[type(itk_metric)].New()
     scales.SetMetric(itk_metric)
     optimizer = itk.RegularStepGradientDescentOptimizerv4[itk.D].New()
@@ -305,7 +254,35 @@ def register_rigid(
     optimizer.SetNumberOfIterations(int(max_iterations))
     optimizer.SetScalesEstimator(scales)
     optimizer.SetDoEstimateLearningRateOnce(False)
+    return optimizer
 
+
+def _run_registration(
+    itk: Any,
+    moving: np.ndarray,
+    fixed: np.ndarray,
+    sp: np.ndarray,
+    metric: str,
+    init: str,
+    max_iterations: int,
+) -> tuple[Any, float, int]:
+    """The transform of the noisy ``moving`` grid onto the clean ``fixed`` reference, optimised
+    over the three levels, with the final metric value and the last level's iterations.
+
+    ITK's roles are swapped: the metric samples (interpolates) the clean reference on the
+    noisy image's grid. Interpolating the noisy image instead averages its noise by an amount
+    that depends on the sub-pixel shift and biases the estimate towards half-pixel shifts
+    (measured on W2S: up to 1.2 px, 0.3 px when swapped). The caller inverts the transform.
+    """
+    image_type = itk.Image[itk.F, fixed.ndim]
+    noisy_img, clean_img = _to_itk(itk, moving, tuple(sp)), _to_itk(itk, fixed, tuple(sp))
+    transform = _initial_transform(itk, fixed, moving, sp, init)
+    if metric == "correlation":
+        itk_metric = itk.CorrelationImageToImageMetricv4[image_type, image_type].New()
+    else:
+        itk_metric = itk.MattesMutualInformationImageToImageMetricv4[image_type, image_type].New()
+        itk_metric.SetNumberOfHistogramBins(50)
+    optimizer = _optimizer(itk, itk_metric, sp, max_iterations)
     method = itk.ImageRegistrationMethodv4[image_type, image_type].New()
     method.SetFixedImage(noisy_img)
     method.SetMovingImage(clean_img)
@@ -326,18 +303,38 @@ def register_rigid(
         raise BadInputError(
             describe("register_rigid", "ITK registration", "success", reason)
         ) from exc
-
     value = float(optimizer.GetValue())
-    iterations = int(optimizer.GetCurrentIteration())
     log.debug(
         "rigid registration: %s, metric %s = %.4g",
         optimizer.GetStopConditionDescription(),
         metric,
         value,
     )
-    inverse = type(transform).New()
-    transform.GetInverse(inverse)  # keeps the rotation centre
-    transform = inverse
+    return transform, value, int(optimizer.GetCurrentIteration())
+
+
+def register_rigid(
+    moving: np.ndarray,
+    fixed: np.ndarray,
+    spacing: tuple[float, ...] | None = None,
+    max_iterations: int = 200,
+    metric: str = "correlation",
+    init: str = "geometry",
+) -> RigidResult:
+    """Rigidly register ``moving`` (e.g. low-SNR) onto ``fixed`` (high-SNR reference).
+
+    2D (y, x) arrays use ``Euler2DTransform``, 3D (z, y, x) ``Euler3DTransform``.
+    ``spacing`` is the physical pixel size per axis (numpy order; default 1), so
+    rotations are rigid in physical space for anisotropic voxels. Any real
+    dtype; intensities may differ in scale between the two images.
+    """
+    itk = _import_itk()
+    sp = _check_pair(moving, fixed, spacing, metric, init)
+    found, value, iterations = _run_registration(
+        itk, moving, fixed, sp, metric, init, max_iterations
+    )
+    transform = type(found).New()
+    found.GetInverse(transform)  # noisy grid -> reference becomes fixed -> moving; same centre
     matrix = _index_matrix(itk, transform, sp)
     registered, mask = apply_rigid(moving, matrix, fixed.shape)
     return RigidResult(
@@ -353,86 +350,3 @@ def register_rigid(
         score_before=alignment_score(moving, fixed, mask),
         score_after=alignment_score(registered, fixed, mask),
     )
-
-
-def register_stack(
-    moving: np.ndarray,
-    fixed: np.ndarray,
-    axes: str,
-    mode: str = "plane",
-    reference_channel: int = 0,
-    spacing: tuple[float, ...] | None = None,
-    max_iterations: int = 200,
-    metric: str = "correlation",
-) -> StackResult:
-    """Register a stack plane by plane ("plane": every YX plane) or as volumes ("volume": ZYX).
-
-    ``axes`` names the array axes (letters of "tczyx", e.g. "tcyx", "czyx"); the
-    registered axes (yx, or zyx in "volume" mode) must be the last ones. One
-    transform is estimated per index of the remaining non-channel axes (t, and z
-    in "plane" mode) on ``reference_channel`` and applied to every channel, so
-    the channels stay aligned with each other. ``spacing`` gives one physical
-    pixel size per axis of ``axes`` (NGFF scale); only the registered axes' are used.
-    """
-    if mode not in ("plane", "volume"):
-        raise UsageError(describe("register_stack", "mode", "'plane' or 'volume'", mode))
-    if moving.shape != fixed.shape:
-        raise BadInputError(describe("register_stack", "shape", fixed.shape, moving.shape))
-    if (
-        len(axes) != fixed.ndim
-        or len(set(axes)) != len(axes)
-        or not set(axes) <= set("tczyx")
-        or not axes.endswith("yx")
-    ):
-        raise BadInputError(
-            describe(
-                "register_stack",
-                "axes",
-                f"{fixed.ndim} distinct letters of 'tczyx' ending in 'yx'",
-                axes,
-            )
-        )
-    registered_axes = "yx" if mode == "plane" else "zyx"
-    if not axes.endswith(registered_axes):
-        raise UsageError(
-            describe(
-                "register_stack", "axes", f"trailing '{registered_axes}' for mode {mode!r}", axes
-            )
-        )
-    if spacing is not None and len(spacing) != len(axes):
-        raise BadInputError(describe("register_stack", "spacing", f"{len(axes)} values", spacing))
-    n_channels = fixed.shape[axes.index("c")] if "c" in axes else 1
-    if not 0 <= reference_channel < n_channels:
-        raise UsageError(
-            describe(
-                "register_stack", "reference_channel", f"0..{n_channels - 1}", reference_channel
-            )
-        )
-    sub_spacing = None if spacing is None else tuple(spacing[-len(registered_axes) :])
-    outer = [a for a in axes[: -len(registered_axes)] if a != "c"]
-    registered = np.zeros(fixed.shape, dtype=np.float32)
-    valid = np.zeros(fixed.shape, dtype=bool)
-    out = StackResult(registered=registered, valid_mask=valid)
-
-    def select(index: tuple[int, ...], channel: int) -> tuple[Any, ...]:
-        sel: list[Any] = [slice(None)] * fixed.ndim
-        for a, i in zip(outer, index, strict=True):
-            sel[axes.index(a)] = i
-        if "c" in axes:
-            sel[axes.index("c")] = channel
-        return tuple(sel)
-
-    for index in itertools.product(*(range(fixed.shape[axes.index(a)]) for a in outer)):
-        ref = select(index, reference_channel)
-        result = register_rigid(moving[ref], fixed[ref], sub_spacing, max_iterations, metric)
-        log.debug("registered %s=%s: %s", "".join(outer), index, result.parameters)
-        for channel in range(n_channels):
-            sel = select(index, channel)
-            if channel == reference_channel:
-                registered[sel] = result.registered
-            else:
-                registered[sel] = apply_rigid(moving[sel], result.matrix)[0]
-            valid[sel] = result.valid_mask
-        out.results.append(result)
-        out.indices.append(index)
-    return out

@@ -41,16 +41,27 @@ Origin = tuple[int, int]
 # ----------------------------------------------------------------------------- stages
 
 
-def selection(axes: str, t: int, channels: tuple[int, ...] | slice, z: int, ys: slice, xs: slice) -> tuple:
+def selection(
+    axes: str, t: int, channels: tuple[int, ...] | slice, z: int, ys: slice, xs: slice
+) -> tuple:
     """A zarr selection for ``axes`` from per-axis parts (axes not present are skipped)."""
-    parts = {"t": t, "c": list(channels) if isinstance(channels, tuple) else channels, "z": z, "y": ys, "x": xs}
+    parts = {
+        "t": t,
+        "c": list(channels) if isinstance(channels, tuple) else channels,
+        "z": z,
+        "y": ys,
+        "x": xs,
+    }
     return tuple(parts[a] for a in axes)
 
 
 def read_block(job: RunJob, task: BlockTask, grid: TileGrid) -> tuple[np.ndarray, int, int]:
     """The input region every touching tile needs, (C, h, w), and its top-left (ry0, rx0)."""
     ry0, ry1, rx0, rx1 = block_read_region(task.block, grid)
-    region = read_region(job.input_array, selection(job.axes, task.t, task.channels, task.z, slice(ry0, ry1), slice(rx0, rx1)))
+    region = read_region(
+        job.input_array,
+        selection(job.axes, task.t, task.channels, task.z, slice(ry0, ry1), slice(rx0, rx1)),
+    )
     return (region if "c" in job.axes else region[None]), ry0, rx0
 
 
@@ -59,7 +70,9 @@ def normalise(region: np.ndarray, job: RunJob, task: BlockTask) -> np.ndarray:
     return np.stack([to_model(region[i], job.input_stats[c]) for i, c in enumerate(task.channels)])
 
 
-def tiles_of(normalised: np.ndarray, grid: TileGrid, ry0: int, rx0: int, block: Block) -> tuple[list[Origin], np.ndarray]:
+def tiles_of(
+    normalised: np.ndarray, grid: TileGrid, ry0: int, rx0: int, block: Block
+) -> tuple[list[Origin], np.ndarray]:
     """The origins of the tiles touching ``block`` and the tiles, (n, C, tile, tile) float32."""
     padded = pad_region(normalised, grid, ry0, rx0)
     origins = grid.tiles_touching(*block.region)
@@ -68,8 +81,13 @@ def tiles_of(normalised: np.ndarray, grid: TileGrid, ry0: int, rx0: int, block: 
 
 
 def sample_tiles(
-    net: torch.nn.Module, cond: torch.Tensor, origins: list[Origin], job: RunJob, task: BlockTask,
-    objective: Objective, autocast: torch.dtype | None,
+    net: torch.nn.Module,
+    cond: torch.Tensor,
+    origins: list[Origin],
+    job: RunJob,
+    task: BlockTask,
+    objective: Objective,
+    autocast: torch.dtype | None,
 ) -> dict[str, torch.Tensor]:
     """Per-tile statistics in model space: ``mean``, and for sampled objectives ``std``,
     ``entropy`` and (with save_samples) ``sample`` (N, n, C, t, t). Noise is keyed by the run
@@ -80,8 +98,17 @@ def sample_tiles(
             return {"mean": predict_in_batches(net, cond, s.batch, autocast)}
         keys = [TileKey(s.seed, task.t, task.channels[0], task.z, ty, tx) for ty, tx in origins]
         stats = sample_repeated(
-            net, cond, keys, s.samples, Schedule.from_dict(job.schedule), s.sampling, objective=objective,
-            device=cond.device, max_batch=s.batch, autocast_dtype=autocast, return_samples=s.save_samples,
+            net,
+            cond,
+            keys,
+            s.samples,
+            Schedule.from_dict(job.schedule),
+            s.sampling,
+            objective=objective,
+            device=cond.device,
+            max_batch=s.batch,
+            autocast_dtype=autocast,
+            return_samples=s.save_samples,
         )
     maps = {"mean": stats.mean, "std": stats.std, "entropy": stats.entropy}
     if stats.samples is not None:
@@ -89,7 +116,9 @@ def sample_tiles(
     return maps
 
 
-def predict_in_batches(net: torch.nn.Module, cond: torch.Tensor, batch: int, autocast: torch.dtype | None) -> torch.Tensor:
+def predict_in_batches(
+    net: torch.nn.Module, cond: torch.Tensor, batch: int, autocast: torch.dtype | None
+) -> torch.Tensor:
     """One-pass predictions of a one-pass objective, ``batch`` tiles per network call."""
     outputs = []
     for start in range(0, cond.shape[0], batch):
@@ -99,7 +128,9 @@ def predict_in_batches(net: torch.nn.Module, cond: torch.Tensor, batch: int, aut
     return torch.cat(outputs)
 
 
-def blend(maps: dict[str, torch.Tensor], origins: list[Origin], grid: TileGrid, block: Block) -> dict[str, np.ndarray]:
+def blend(
+    maps: dict[str, torch.Tensor], origins: list[Origin], grid: TileGrid, block: Block
+) -> dict[str, np.ndarray]:
     """Each statistic blended over the block's own pixels: float64 (..., C, h, w)."""
     out = {}
     for name, values in maps.items():
@@ -126,14 +157,25 @@ def write_block(job: RunJob, task: BlockTask, name: str, values: np.ndarray) -> 
     """Write the block's own pixels of one output volume (whole chunks: one writer each)."""
     block = task.block
     first, last = task.out_channels[0], task.out_channels[-1] + 1
-    where = selection(job.axes, task.t, slice(first, last), task.z, slice(block.y0, block.y1), slice(block.x0, block.x1))
-    write_region(str(Path(job.output_root) / name / "0"), where, values if "c" in job.axes else values[0])
+    where = selection(
+        job.axes,
+        task.t,
+        slice(first, last),
+        task.z,
+        slice(block.y0, block.y1),
+        slice(block.x0, block.x1),
+    )
+    write_region(
+        str(Path(job.output_root) / name / "0"), where, values if "c" in job.axes else values[0]
+    )
 
 
 # ----------------------------------------------------------------------------- the block
 
 
-def compute_block(job: RunJob, task: BlockTask, net: torch.nn.Module, device: torch.device) -> dict[str, Any]:
+def compute_block(
+    job: RunJob, task: BlockTask, net: torch.nn.Module, device: torch.device
+) -> dict[str, Any]:
     """Restore one block: every stage above, then its done-record. Returns a small record:
     tiles computed, network evaluations, clipped pixels, precision, seconds."""
     started = time.perf_counter()
@@ -142,7 +184,9 @@ def compute_block(job: RunJob, task: BlockTask, net: torch.nn.Module, device: to
     origins, tiles = tiles_of(normalise(region, job, task), grid, ry0, rx0, task.block)
     objective = get_objective(job.objective)
     autocast = autocast_dtype(job.settings.precision, device)
-    maps = sample_tiles(net, torch.from_numpy(tiles).to(device), origins, job, task, objective, autocast)
+    maps = sample_tiles(
+        net, torch.from_numpy(tiles).to(device), origins, job, task, objective, autocast
+    )
     blended = blend(maps, origins, grid, task.block)
     out_stats = [job.output_stats[c] for c in task.out_channels]
     clipped = 0
@@ -182,6 +226,8 @@ def run_block(job: RunJob, task: BlockTask) -> dict[str, Any]:
     if job.torch_threads > 0 and torch.get_num_threads() != job.torch_threads:
         torch.set_num_threads(job.torch_threads)
     device = pick_device(job.device)
-    record = compute_block(job, task, load_cached_model(job.model_path, job.model_sha256, device), device)
+    record = compute_block(
+        job, task, load_cached_model(job.model_path, job.model_sha256, device), device
+    )
     record["device"] = str(device)
     return record

@@ -52,13 +52,21 @@ class ClusterSpec:
     def __post_init__(self) -> None:
         require_int(self.gpus, "--gpus", "cluster", low=0, error=UsageError)
         if self.workers is None:
-            object.__setattr__(self, "workers", self.gpus or max(1, usable_cores() // max(1, self.threads_per_worker)))
+            object.__setattr__(
+                self,
+                "workers",
+                self.gpus or max(1, usable_cores() // max(1, self.threads_per_worker)),
+            )
         require_int(self.workers, "--workers", "cluster", low=1, error=UsageError)
-        require_int(self.threads_per_worker, "--threads-per-worker", "cluster", low=1, error=UsageError)
+        require_int(
+            self.threads_per_worker, "--threads-per-worker", "cluster", low=1, error=UsageError
+        )
         if self.gpus and self.scheduler:
             raise UsageError("--gpus and --scheduler exclude each other")
         if self.scheduler is not None and not str(self.scheduler).strip():
-            raise UsageError("--scheduler: expected an address like tcp://HOST:8786, found an empty string")
+            raise UsageError(
+                "--scheduler: expected an address like tcp://HOST:8786, found an empty string"
+            )
 
     def torch_threads(self) -> int:
         """Intra-op torch threads of every worker (see the class docstring)."""
@@ -66,16 +74,50 @@ class ClusterSpec:
 
 
 def cluster_spec(
-    gpus: int = 0, workers: int | None = None, scheduler: str | None = None, threads_per_worker: int = 1
+    gpus: int = 0,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    threads_per_worker: int = 1,
 ) -> ClusterSpec:
     """The cluster of the command line: one worker per GPU with ``--gpus``, else ``workers``
     (default: one per usable core at ``threads_per_worker`` threads each)."""
-    return ClusterSpec(gpus=gpus, workers=gpus or workers, scheduler=scheduler, threads_per_worker=threads_per_worker)
+    return ClusterSpec(
+        gpus=gpus,
+        workers=gpus or workers,
+        scheduler=scheduler,
+        threads_per_worker=threads_per_worker,
+    )
 
 
 def _clean_worker_environment() -> dict[str, Any]:
-    """Dask config that keeps the nanny from exporting MALLOC_TRIM_THRESHOLD_ and 1-thread BLAS."""
+    """Dask config for the clusters bigrestore starts: no nanny-exported MALLOC_TRIM_THRESHOLD_
+    or 1-thread BLAS (decision 7) and, unless -v asked for more, workers that log only critical
+    problems: a failed block is reported once by the run itself (with the resume command), not
+    as worker tracebacks, and shutting a cluster down prints nothing."""
     return {"distributed.nanny.pre-spawn-environ": {}}
+
+
+def quiet_worker_logs(dask_worker: Any = None) -> None:
+    """In a worker process: log only critical problems of distributed (run by a worker plugin,
+    so workers that a nanny restarts after a crash are quiet too)."""
+    for name in ("distributed", "tornado", "bokeh"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
+def _quiet(client: Any) -> None:
+    """Keep the workers of a cluster bigrestore started quiet unless -v asked for more: a failed
+    block is reported once by the run itself, with the command that resumes it."""
+    if logging.getLogger().getEffectiveLevel() <= logging.INFO:
+        return
+    from distributed.diagnostics.plugin import WorkerPlugin
+
+    class QuietLogs(WorkerPlugin):
+        name = "bigrestore-quiet-logs"
+
+        def setup(self, worker: Any) -> None:
+            quiet_worker_logs(worker)
+
+    client.register_plugin(QuietLogs())
 
 
 @contextlib.contextmanager
@@ -84,7 +126,12 @@ def open_client(spec: ClusterSpec) -> Iterator[Any]:
     from distributed import Client, LocalCluster
 
     if spec.scheduler:
-        client = Client(spec.scheduler, timeout="30s")
+        try:
+            client = Client(spec.scheduler, timeout="10s")
+        except (OSError, TimeoutError, ValueError) as exc:
+            raise UsageError(
+                f"--scheduler {spec.scheduler}: cannot connect ({type(exc).__name__}: {exc})"
+            ) from exc
         try:
             yield client
         finally:
@@ -102,6 +149,7 @@ def open_client(spec: ClusterSpec) -> Iterator[Any]:
                 memory_limit=0,
             )
         client = Client(cluster)
+    _quiet(client)
     try:
         yield client
     finally:
@@ -136,16 +184,22 @@ def _gpu_cluster(gpus: int) -> Any:
     try:
         from dask_cuda import LocalCUDACluster
     except ImportError:
-        log.info("dask-cuda not installed: workers gpu-0..gpu-%d choose their device by name", gpus - 1)
+        log.info(
+            "dask-cuda not installed: workers gpu-0..gpu-%d choose their device by name", gpus - 1
+        )
         from distributed import Nanny, Scheduler, SpecCluster
 
         workers = {
             name: {"cls": Nanny, "options": {"nthreads": 1, "name": name, "memory_limit": 0}}
             for name in gpu_worker_names(gpus)
         }
-        return SpecCluster(workers=workers, scheduler={"cls": Scheduler, "options": {"dashboard_address": ":0"}})
+        return SpecCluster(
+            workers=workers, scheduler={"cls": Scheduler, "options": {"dashboard_address": ":0"}}
+        )
     visible = ",".join(str(i) for i in range(gpus))
-    return LocalCUDACluster(n_workers=gpus, threads_per_worker=1, CUDA_VISIBLE_DEVICES=visible, dashboard_address=":0")
+    return LocalCUDACluster(
+        n_workers=gpus, threads_per_worker=1, CUDA_VISIBLE_DEVICES=visible, dashboard_address=":0"
+    )
 
 
 def worker_count(client: Any) -> int:

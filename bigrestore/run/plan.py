@@ -17,7 +17,7 @@ import numpy as np
 
 from bigrestore.errors import BadInputError, IncompatibleModelError, MissingInputError, describe
 from bigrestore.intensity import Stats, percentile_stats
-from bigrestore.io.images import OpenedImage, open_image
+from bigrestore.io.images import OpenedImage, chunk_census, open_image
 from bigrestore.io.meta import ImageMeta
 from bigrestore.io.runstore import LevelZero
 from bigrestore.outputs import PlannedOutput, planned_outputs
@@ -47,8 +47,11 @@ class Cost:
     tile_pixels_per_output_pixel: float
 
     def to_dict(self) -> dict[str, Any]:
-        return {"tiles": self.tiles, "network_evaluations": self.network_evaluations,
-                "tile_pixels_per_output_pixel": round(self.tile_pixels_per_output_pixel, 4)}
+        return {
+            "tiles": self.tiles,
+            "network_evaluations": self.network_evaluations,
+            "tile_pixels_per_output_pixel": round(self.tile_pixels_per_output_pixel, 4),
+        }
 
 
 @dataclass(frozen=True)
@@ -85,7 +88,9 @@ def select_channels(image: OpenedImage, channels: tuple[str, ...] | None) -> lis
         elif item in names:
             chosen.append(names.index(item))
         else:
-            raise BadInputError(describe(image.path, "--channels", f"indices 0..{n - 1} or names {names}", item))
+            raise BadInputError(
+                describe(image.path, "--channels", f"indices 0..{n - 1} or names {names}", item)
+            )
     return chosen
 
 
@@ -97,11 +102,18 @@ def channel_groups(model: ModelInfo, selected: list[int]) -> list[Group]:
     if unet.cond_channels == len(selected) == unet.out_channels:
         return [(tuple(selected), tuple(range(len(selected))))]
     raise IncompatibleModelError(
-        describe(model.directory, "cond_channels", f"1 or {len(selected)} (selected channels)", unet.cond_channels)
+        describe(
+            model.directory,
+            "cond_channels",
+            f"1 or {len(selected)} (selected channels)",
+            unet.cond_channels,
+        )
     )
 
 
-def input_statistics(image: OpenedImage, channels: list[int], p_low: float, p_high: float) -> dict[int, Stats]:
+def input_statistics(
+    image: OpenedImage, channels: list[int], p_low: float, p_high: float
+) -> dict[int, Stats]:
     """Volume-global percentiles per channel, from the coarsest level still ≥ ~1 MPixel per plane."""
     level = 0
     axes = image.meta.axes
@@ -119,17 +131,23 @@ def input_statistics(image: OpenedImage, channels: list[int], p_low: float, p_hi
         try:
             values = np.asarray(planes[::step].compute())
         except (RuntimeError, ValueError, OSError) as exc:  # e.g. a chunk that does not decode
-            raise BadInputError(describe(image.path, "pixels", "readable chunks", f"{type(exc).__name__}: {exc}")) from exc
+            raise BadInputError(
+                describe(image.path, "pixels", "readable chunks", f"{type(exc).__name__}: {exc}")
+            ) from exc
         stats[c] = percentile_stats(values, p_low, p_high, where=f"{image.path} channel {c}")
     return stats
 
 
-def plan_tasks(axes: str, shape: tuple[int, ...], groups: list[Group], settings: RunSettings) -> tuple[list[BlockTask], tuple[int, ...]]:
+def plan_tasks(
+    axes: str, shape: tuple[int, ...], groups: list[Group], settings: RunSettings
+) -> tuple[list[BlockTask], tuple[int, ...]]:
     """One task per (t, channel group, z, block), and the shape of the done-record array."""
     nt = shape[axes.index("t")] if "t" in axes else 1
     nz = shape[axes.index("z")] if "z" in axes else 1
     chunk = settings.chunk
-    blocks = plan_blocks(shape[axes.index("y")], shape[axes.index("x")], chunk, chunk, settings.chunks_per_block)
+    blocks = plan_blocks(
+        shape[axes.index("y")], shape[axes.index("x")], chunk, chunk, settings.chunks_per_block
+    )
     nby = 1 + max(b.index[0] for b in blocks)
     nbx = 1 + max(b.index[1] for b in blocks)
     tasks = [
@@ -163,8 +181,38 @@ def load_run_model(model: str | Path | None) -> ModelInfo:
 
     path = Path(model) if model else bundled_model_path()
     if not path.exists():
-        raise MissingInputError(f"{path}: no model here" + ("" if model else " (bundled model missing; pass --model)"))
+        raise MissingInputError(
+            f"{path}: no model here" + ("" if model else " (bundled model missing; pass --model)")
+        )
     return read_model(path)
+
+
+#: A plan with more tasks than this is refused: no real image needs it, a wrong shape does.
+MAX_TASKS = 50_000_000
+
+
+def check_chunks(image: OpenedImage, allow_missing: bool) -> None:
+    """Refuse an input whose level 0 lacks chunks (they would read as zeros, silently), unless
+    ``allow_missing`` (an image sparse by design); refuse absurd shapes either way."""
+    stored, expected = chunk_census(image)
+    if stored < 0 or stored >= expected:
+        return
+    shape = "x".join(str(n) for n in image.data.shape)
+    if not allow_missing:
+        raise BadInputError(
+            describe(
+                image.path, "level-0 chunks", f"{expected} stored chunks for shape {shape}", stored
+            )
+            + f"; {expected - stored} would read as zeros. Check the array metadata, or pass "
+            "--allow-missing-chunks if the image is sparse by design"
+        )
+
+
+def count_tasks(axes: str, shape: tuple[int, ...], groups: int, settings: RunSettings) -> int:
+    """Number of block tasks a plan will have, computed without enumerating them."""
+    side = settings.chunk * settings.chunks_per_block
+    planes = math.prod(shape[axes.index(a)] for a in "tz" if a in axes) * groups
+    return planes * -(-shape[axes.index("y")] // side) * -(-shape[axes.index("x")] // side)
 
 
 def check_finite(image: OpenedImage) -> None:
@@ -194,15 +242,45 @@ def output_meta(image: OpenedImage, selected: list[int]) -> tuple[tuple[int, ...
         shape[meta.axes.index("c")] = len(selected)
     names = meta.channel_names or tuple(f"channel {i}" for i in range(max(selected) + 1))
     channel_names = tuple(names[c] for c in selected) if "c" in meta.axes else None
-    return tuple(shape), ImageMeta(meta.axes, meta.scale, meta.translation, meta.units, channel_names, meta.name)
+    return tuple(shape), ImageMeta(
+        meta.axes, meta.scale, meta.translation, meta.units, channel_names, meta.name
+    )
+
+
+def output_arrays(
+    outputs: list[PlannedOutput], shape: tuple[int, ...], axes: str, settings: RunSettings
+) -> list[LevelZero]:
+    """The level-0 array of every output: the input's shape (selected channels), one plane
+    per chunk on t/c/z and ``settings.chunk`` squares in YX."""
+    chunks = tuple(
+        min(n, settings.chunk) if a in "yx" else 1 for a, n in zip(axes, shape, strict=True)
+    )
+    return [
+        LevelZero(
+            p.path,
+            shape,
+            settings.dtype if p.volume.dtype == "run" else p.volume.dtype,
+            axes,
+            chunks,
+        )
+        for p in outputs
+    ]
 
 
 def make_plan(
-    input_path: Path, output: Path, model: str | Path | None, settings: RunSettings,
-    channels: tuple[str, ...] | None, series: int | None, device: str, torch_threads: int,
+    input_path: Path,
+    output: Path,
+    model: str | Path | None,
+    settings: RunSettings,
+    channels: tuple[str, ...] | None,
+    series: int | None,
+    device: str,
+    torch_threads: int,
+    allow_missing_chunks: bool = False,
 ) -> RunPlan:
     """Validate everything and lay out the run (reads the input's statistics; writes nothing)."""
     image = open_image(input_path, series=series)
+    check_chunks(image, allow_missing_chunks)
     info = load_run_model(model)
     settings = settings.resolved(info.unet.train_resolution)
     grid_check = TileGrid(8, 8, settings.tile, settings.overlap, info.unet.downsample_factor)
@@ -211,6 +289,12 @@ def make_plan(
     selected = select_channels(image, channels)
     groups = channel_groups(info, selected)
     out_shape, out_meta = output_meta(image, selected)
+    n_tasks = count_tasks(image.meta.axes, out_shape, len(groups), settings)
+    if n_tasks > MAX_TASKS:
+        found = f"{n_tasks} blocks"
+        raise BadInputError(
+            describe(image.path, "shape", f"a plan of at most {MAX_TASKS} blocks", found)
+        )
     tasks, done_shape = plan_tasks(image.meta.axes, out_shape, groups, settings)
     check_finite(image)
     norm = info.normalization
@@ -218,19 +302,38 @@ def make_plan(
     use_target = settings.output_scale == "target" and norm.target is not None
     targets = [norm.target.stats() if use_target else stats[c] for c in selected]  # type: ignore[union-attr]
     job = RunJob(
-        input_array=str(image.path / image.level_paths[0]), axes=image.meta.axes, output_root=str(output),
-        out_axes_shape=out_shape, model_path=str(info.directory), model_sha256=info.weights_sha256,
-        settings=settings, input_stats=tuple(stats.get(c, Stats(0.0, 1.0)) for c in range(max(selected) + 1)),
-        output_stats=tuple(targets), objective=info.objective.name, sampled=info.objective.sampled,
+        input_array=str(image.path / image.level_paths[0]),
+        axes=image.meta.axes,
+        output_root=str(output),
+        out_axes_shape=out_shape,
+        model_path=str(info.directory),
+        model_sha256=info.weights_sha256,
+        settings=settings,
+        input_stats=tuple(stats.get(c, Stats(0.0, 1.0)) for c in range(max(selected) + 1)),
+        output_stats=tuple(targets),
+        objective=info.objective.name,
+        sampled=info.objective.sampled,
         schedule=info.schedule.to_dict(),
-        multiple=grid_check.multiple, device=device, torch_threads=torch_threads,
+        multiple=grid_check.multiple,
+        device=device,
+        torch_threads=torch_threads,
     )
     outputs = planned_outputs(info.objective.sampled, settings.samples, settings.save_samples)
-    chunks = tuple(min(n, settings.chunk) if a in "yx" else 1 for a, n in zip(image.meta.axes, out_shape, strict=True))
-    level0 = [
-        LevelZero(p.path, out_shape, settings.dtype if p.volume.dtype == "run" else p.volume.dtype, image.meta.axes, chunks)
-        for p in outputs
-    ]
+    level0 = output_arrays(outputs, out_shape, image.meta.axes, settings)
     cost = plan_cost(tasks, job.grid, job.evaluations_per_tile())
-    return RunPlan(input_path, image, info, settings, job, tasks, done_shape, outputs, level0, out_meta,
-                   selected, stats, targets, cost)
+    return RunPlan(
+        input_path,
+        image,
+        info,
+        settings,
+        job,
+        tasks,
+        done_shape,
+        outputs,
+        level0,
+        out_meta,
+        selected,
+        stats,
+        targets,
+        cost,
+    )

@@ -25,7 +25,7 @@ from bigrestore.errors import (
 )
 from bigrestore.io.ngff import NGFF_VERSIONS
 from bigrestore.io.paths import check_output, written_by_bigrestore
-from bigrestore.io.runstore import RunStore, output_lock
+from bigrestore.io.runstore import RunStore, output_lock, refuse_if_locked
 from bigrestore.io.write import PYRAMID_MIN_SIDE
 from bigrestore.run.cluster import ClusterSpec, check_gpus, open_client, run_tasks
 from bigrestore.run.settings import RunSettings, default_output
@@ -50,7 +50,9 @@ class RestoreResult:
     manifest: dict[str, Any] = field(default_factory=dict)
 
 
-def run_record(plan: RunPlan, ngff_version: str, cluster: ClusterSpec, series: int | None) -> dict[str, Any]:
+def run_record(
+    plan: RunPlan, ngff_version: str, cluster: ClusterSpec, series: int | None
+) -> dict[str, Any]:
     """What identifies a run's results: ``--resume`` refuses a store whose record differs."""
     return {
         "input": str(plan.input_path.resolve()),
@@ -69,10 +71,13 @@ def check_paths(input_path: Path, output: Path, resume: bool, overwrite: bool) -
     """Output location checks that need nothing but the paths (before the plan's reads)."""
     if resume and overwrite:
         raise UsageError("--resume and --overwrite exclude each other")
+    refuse_if_locked(output)
     if resume:
         if not output.exists():
             raise MissingInputError(f"{output}: nothing to resume (output does not exist)")
-        check_output(output, overwrite=True, inputs=[input_path])  # inside/around the input, writable
+        check_output(
+            output, overwrite=True, inputs=[input_path]
+        )  # inside/around the input, writable
         if not written_by_bigrestore(output) and RunStore.existing_version(output) is not None:
             raise UsageError(f"{output}: not a bigrestore output; cannot resume it")
     else:
@@ -85,11 +90,15 @@ def resolve_version(output: Path, resume: bool, ngff_version: str | None) -> str
     existing = RunStore.existing_version(output) if resume else None
     version = ngff_version or existing or "0.5"
     if version not in NGFF_VERSIONS:
-        raise UsageError(f"--ngff-version: expected one of {', '.join(NGFF_VERSIONS)}, found {version}")
+        raise UsageError(
+            f"--ngff-version: expected one of {', '.join(NGFF_VERSIONS)}, found {version}"
+        )
     return version
 
 
-def open_store(plan: RunPlan, output: Path, record: dict[str, Any], resume: bool) -> tuple[RunStore, list[BlockTask]]:
+def open_store(
+    plan: RunPlan, output: Path, record: dict[str, Any], resume: bool
+) -> tuple[RunStore, list[BlockTask]]:
     """Create (or, resuming, check and complete) the store; the blocks still to compute."""
     store = RunStore(output, record["ngff_version"])
     if resume and store.existing_version(output) is not None:
@@ -103,17 +112,24 @@ def open_store(plan: RunPlan, output: Path, record: dict[str, Any], resume: bool
 
 def resume_command(input_path: Path, output: Path) -> str:
     """The command that continues this run: the same arguments with --resume."""
-    argv = sys.argv[1:] if sys.argv and Path(sys.argv[0]).name.startswith("bigrestore") else []
-    if argv and argv[0] == "run":
+    argv = sys.argv[1:]
+    if argv[:1] == ["run"]:  # started as `bigrestore run ...` (or python -m bigrestore.cli run ...)
         kept = [a for a in argv if a not in ("--overwrite", "--resume")]
         return "bigrestore " + shlex.join(kept + ["--resume"])
     return f"bigrestore run {shlex.quote(str(input_path))} -o {shlex.quote(str(output))} --resume (same model and settings)"
 
 
-def execute(plan: RunPlan, tasks: list[BlockTask], cluster: ClusterSpec, progress: Progress | None,
-            on_client: Callable[[Any], None] | None) -> dict[str, Any]:
-    """Run the blocks on Dask; returns totals (tiles, evaluations, clipped, ran_on)."""
-    totals: dict[str, Any] = {"tiles": 0, "evaluations": 0, "clipped": 0, "done": 0, "ran_on": set()}
+def execute(
+    plan: RunPlan, tasks: list[BlockTask], client: Any, progress: Progress | None
+) -> dict[str, Any]:
+    """Run the blocks on the Dask ``client``; returns totals (tiles, evaluations, clipped, ran_on)."""
+    totals: dict[str, Any] = {
+        "tiles": 0,
+        "evaluations": 0,
+        "clipped": 0,
+        "done": 0,
+        "ran_on": set(),
+    }
 
     def on_done(result: dict[str, Any]) -> None:
         totals["ran_on"].add(f"{result.get('device', '?')} {result.get('precision', '?')}")
@@ -126,13 +142,10 @@ def execute(plan: RunPlan, tasks: list[BlockTask], cluster: ClusterSpec, progres
     if not tasks:
         return totals
     hint = resume_command(plan.input_path, Path(plan.job.output_root))
-    try:
-        with open_client(cluster) as client:
-            if on_client:
-                on_client(client)
-            from bigrestore.run.block import run_block
+    from bigrestore.run.block import run_block
 
-            run_tasks(client, run_block, plan.job, tasks, on_done)
+    try:
+        run_tasks(client, run_block, plan.job, tasks, on_done)
     except KeyboardInterrupt as exc:
         raise ResumableInterrupt(
             f"interrupted after {totals['done']} of {len(tasks)} blocks; finished blocks are kept. Resume with: {hint}"
@@ -147,10 +160,20 @@ def execute(plan: RunPlan, tasks: list[BlockTask], cluster: ClusterSpec, progres
     return totals
 
 
-def finish(plan: RunPlan, store: RunStore, record: dict[str, Any], totals: dict[str, Any],
-           cluster: ClusterSpec, seconds: tuple[float, float], min_side: int) -> dict[str, Any]:
+def finish(
+    plan: RunPlan,
+    store: RunStore,
+    record: dict[str, Any],
+    totals: dict[str, Any],
+    cluster: ClusterSpec,
+    seconds: tuple[float, float],
+    min_side: int,
+) -> dict[str, Any]:
     """Pyramids and metadata of every output, then the complete manifest (written last)."""
-    images = [(p.path, replace(plan.out_meta, name=f"{plan.out_meta.name} {p.path}"), "auto") for p in plan.outputs]
+    images = [
+        (p.path, replace(plan.out_meta, name=f"{plan.out_meta.name} {p.path}"), "auto")
+        for p in plan.outputs
+    ]
     store.finalise(images, min_side)
     compute_seconds, started = seconds
     norm = plan.model.normalization
@@ -159,7 +182,11 @@ def finish(plan: RunPlan, store: RunStore, record: dict[str, Any], totals: dict[
         "status": "complete",
         "input_statistics": {str(c): plan.input_stats[c].to_dict() for c in plan.channels},
         "output_statistics": [t.to_dict() for t in plan.output_stats],
-        "normalization": {"p_low": norm.p_low, "p_high": norm.p_high, "output_scale": plan.settings.output_scale},
+        "normalization": {
+            "p_low": norm.p_low,
+            "p_high": norm.p_high,
+            "output_scale": plan.settings.output_scale,
+        },
         "outputs": [p.path for p in plan.outputs],
         "blocks": len(plan.tasks),
         "cost": plan.cost.to_dict(),
@@ -170,7 +197,11 @@ def finish(plan: RunPlan, store: RunStore, record: dict[str, Any], totals: dict[
         "ran_on": sorted(totals["ran_on"]),
         "compute_seconds": round(compute_seconds, 3),
         "total_seconds": round(time.perf_counter() - started, 3),
-        "cluster": {"gpus": cluster.gpus, "workers": cluster.workers, "scheduler": cluster.scheduler},
+        "cluster": {
+            "gpus": cluster.gpus,
+            "workers": cluster.workers,
+            "scheduler": cluster.scheduler,
+        },
     }
     store.write_manifest(manifest)
     return manifest
@@ -189,6 +220,7 @@ def restore(
     overwrite: bool = False,
     ngff_version: str | None = None,
     device: str = "auto",
+    allow_missing_chunks: bool = False,
     progress: Progress | None = None,
     on_client: Callable[[Any], None] | None = None,
     pyramid_min_side: int = PYRAMID_MIN_SIDE,
@@ -206,13 +238,43 @@ def restore(
     version = resolve_version(output, resume, ngff_version)
     from bigrestore.run.plan import make_plan
 
-    plan = make_plan(input_path, output, model, settings or RunSettings(), channels, series, device,
-                     cluster.torch_threads())
+    plan = make_plan(
+        input_path,
+        output,
+        model,
+        settings or RunSettings(),
+        channels,
+        series,
+        device,
+        cluster.torch_threads(),
+        allow_missing_chunks,
+    )
     record = run_record(plan, version, cluster, series)
     started = time.perf_counter()
-    with output_lock(output, resume_command(input_path, output).replace(" --resume", "")):
-        store, tasks = open_store(plan, output, record, resume)
-        totals = execute(plan, tasks, cluster, progress, on_client)
-        compute_seconds = time.perf_counter() - started
-        manifest = finish(plan, store, record, totals, cluster, (compute_seconds, started), pyramid_min_side)
-    return RestoreResult(output, len(plan.tasks), len(tasks), totals["tiles"], compute_seconds, totals["clipped"], manifest)
+    try:  # the cluster first: a scheduler that cannot be reached is refused before anything is written
+        with (
+            open_client(cluster) as client,
+            output_lock(output, resume_command(input_path, output)),
+        ):
+            if on_client:
+                on_client(client)
+            store, tasks = open_store(plan, output, record, resume)
+            totals = execute(plan, tasks, client, progress)
+            compute_seconds = time.perf_counter() - started
+            manifest = finish(
+                plan, store, record, totals, cluster, (compute_seconds, started), pyramid_min_side
+            )
+    except KeyboardInterrupt as exc:  # before or after the blocks (execute reports those itself)
+        hint = resume_command(input_path, output) if output.exists() else "start it again"
+        raise ResumableInterrupt(
+            f"interrupted; nothing finished is lost. Continue with: {hint}"
+        ) from exc
+    return RestoreResult(
+        output,
+        len(plan.tasks),
+        len(tasks),
+        totals["tiles"],
+        compute_seconds,
+        totals["clipped"],
+        manifest,
+    )

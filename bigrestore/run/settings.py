@@ -86,7 +86,10 @@ def run_settings(where: str = "run settings", **values: Any) -> RunSettings:
     flat (``sampler=``, ``steps=``, ...) or as ``sampling=``."""
     sampling = dict(values.pop("sampling", {}) or {})
     sampling.update({k: values.pop(k) for k in SAMPLER_KEYS if k in values})
-    data = {**values, "sampling": validate_model(SamplerSettings, sampling, where, UsageError, "sampling.")}
+    data = {
+        **values,
+        "sampling": validate_model(SamplerSettings, sampling, where, UsageError, "sampling."),
+    }
     return validate_model(RunSettings, data, where, UsageError)
 
 

@@ -53,7 +53,9 @@ class RunJob:
         """Network evaluations (tiles through the network once) per tile of this run."""
         if not self.sampled:
             return 1
-        return self.settings.samples * self.settings.sampling.evaluations_per_sample(Schedule.from_dict(self.schedule))
+        return self.settings.samples * self.settings.sampling.evaluations_per_sample(
+            Schedule.from_dict(self.schedule)
+        )
 
 
 @dataclass(frozen=True)

@@ -1,120 +1,145 @@
-"""Training configuration as data: frozen dataclasses loaded from YAML presets (``configs/``).
+"""Training configuration as data: frozen pydantic models loaded from YAML presets (``configs/``).
 
 Every key of a preset maps to one field; unknown keys and bad values raise
-:class:`~bigrestore.errors.BadInputError` naming the file and the field (STYLE.md 4). The
-network architecture section becomes a :class:`~bigrestore.model.unet.UNetConfig` whose
+:class:`~bigrestore.errors.BadInputError` naming the file, the field path (``model.base_channels``),
+what was expected and what was found (bigrestore.checks.validate_model). The network
+architecture section becomes a :class:`~bigrestore.model.unet.UNetConfig` whose
 ``train_resolution`` is the patch size, so attention is placed by the training resolution.
+Objectives and validation samplers are the names of their registries
+(bigrestore.diffusion.objectives.OBJECTIVES, bigrestore.diffusion.samplers.SAMPLERS).
 """
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
+from bigrestore.checks import validate_model
 from bigrestore.devices import PRECISIONS
-from bigrestore.diffusion.samplers import SAMPLERS
+from bigrestore.diffusion.objectives import LOSS_DISTANCES, OBJECTIVES
+from bigrestore.diffusion.samplers import SAMPLERS, SamplerSettings
 from bigrestore.diffusion.schedule import Schedule
 from bigrestore.errors import BadInputError, IncompatibleModelError, MissingInputError, describe
 from bigrestore.model.unet import UNetConfig
 
 WHERE = "train config"
-OBJECTIVES = ("diffusion", "regression")
-LOSSES = ("l1", "l2")
+
+PositiveInt = Annotated[StrictInt, Field(ge=1)]
+NonNegativeInt = Annotated[StrictInt, Field(ge=0)]
+Fraction = Annotated[StrictFloat, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
+Percentile = Annotated[StrictFloat, Field(ge=0.0, le=100.0, allow_inf_nan=False)]
+Minutes = Annotated[StrictFloat, Field(ge=1e-3, le=1e7, allow_inf_nan=False)]
 
 
-def _fail(field_name: str, expected: str, found: object) -> None:
-    raise BadInputError(describe(WHERE, field_name, expected, repr(found)))
+class ArchitectureError(BadInputError):
+    """UNetConfig refused the ``model:`` section for this patch size (e.g. attention heads that
+    do not divide a level's channels); ``detail`` is "field: expected X, found Y"."""
+
+    def __init__(self, detail: str, where: object = WHERE) -> None:
+        self.detail = detail
+        super().__init__(f"{where}: model.{detail}")
 
 
-def _int(name: str, value: object, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        _fail(name, f"an integer >= {low}", value)
-
-
-def _number(name: str, value: object, low: float, high: float, *, closed_high: bool = True) -> None:
-    ok = isinstance(value, int | float) and not isinstance(value, bool)
-    ok = ok and low <= value and (value <= high if closed_high else value < high)
-    if not ok:
-        bracket = "]" if closed_high else ")"
-        _fail(name, f"a number in [{low}, {high}{bracket}", value)
-
-
-def _bool(name: str, value: object) -> None:
-    if not isinstance(value, bool):
-        _fail(name, "true or false", value)
-
-
-def _as_tuple(obj: Any, name: str) -> None:
-    value = getattr(obj, name)
-    if isinstance(value, list):
-        object.__setattr__(obj, name, tuple(value))
-
-
-@dataclass(frozen=True)
-class ModelSettings:
+class ModelSettings(BaseModel):
     """U-Net width and depth (the ``model:`` section); see UNetConfig for their meaning."""
 
-    base_channels: int = 64
-    channel_mult: tuple[int, ...] = (1, 2, 4, 8)
-    blocks_per_level: int = 2
-    attn_resolutions: tuple[int, ...] = (16,)
-    dropout: float = 0.0
-    channels_per_head: int = 32
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
-    def __post_init__(self) -> None:
-        _as_tuple(self, "channel_mult")
-        _as_tuple(self, "attn_resolutions")
+    base_channels: PositiveInt = 64
+    channel_mult: tuple[PositiveInt, ...] = (1, 2, 4, 8)
+    blocks_per_level: PositiveInt = 2
+    attn_resolutions: tuple[PositiveInt, ...] = (16,)
+    dropout: Annotated[StrictFloat, Field(ge=0.0, lt=1.0, allow_inf_nan=False)] = 0.0
+    channels_per_head: PositiveInt = 32
+
+    @property
+    def downsample_factor(self) -> int:
+        """Patch sides must be multiples of this (2 ** (len(channel_mult) - 1))."""
+        return 2 ** max(len(self.channel_mult) - 1, 0)
 
     def unet(self, patch: int) -> UNetConfig:
         """The single-channel conditional U-Net trained on ``patch``² tiles."""
         try:
-            return UNetConfig(train_resolution=patch, **dataclasses.asdict(self))
+            return UNetConfig(train_resolution=patch, **self.model_dump())
         except IncompatibleModelError as err:  # re-typed: here it is a bad config, not a bad model
-            raise BadInputError(str(err).replace("unet config", f"{WHERE}: model", 1)) from err
+            raise ArchitectureError(str(err).removeprefix("unet config: ")) from None
 
 
-@dataclass(frozen=True)
-class AugmentSettings:
+class AugmentSettings(BaseModel):
     """Paper augmentations: random flips and 90° rotations of the pair (identically), and a
     Gaussian blur of the condition only, with probability ``blur_p`` and sigma (pixels) drawn
     uniformly from ``blur_sigma`` = (low, high)."""
 
-    flip: bool = True
-    rot90: bool = True
-    blur_p: float = 0.0
-    blur_sigma: tuple[float, float] = (1.0, 1.0)
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
-    def __post_init__(self) -> None:
-        _as_tuple(self, "blur_sigma")
-        _bool("augment.flip", self.flip)
-        _bool("augment.rot90", self.rot90)
-        _number("augment.blur_p", self.blur_p, 0.0, 1.0)
-        sig = self.blur_sigma
-        if not (
-            isinstance(sig, tuple)
-            and len(sig) == 2
-            and all(isinstance(v, int | float) and not isinstance(v, bool) for v in sig)
-            and 0 < sig[0] <= sig[1] <= 20
-        ):
-            _fail("augment.blur_sigma", "[low, high] with 0 < low <= high <= 20 pixels", sig)
+    flip: StrictBool = True
+    rot90: StrictBool = True
+    blur_p: Fraction = 0.0
+    blur_sigma: tuple[StrictFloat, ...] = (1.0, 1.0)
+
+    @field_validator("blur_sigma")
+    @classmethod
+    def _low_high(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if not (len(value) == 2 and 0 < value[0] <= value[1] <= 20):
+            raise ValueError("[low, high] with 0 < low <= high <= 20 pixels")
+        return value
 
 
-@dataclass(frozen=True)
-class TrainConfig:
+class ScheduleSettings(BaseModel):
+    """The ``schedule:`` section: T steps and offset s of the cosine schedule (Schedule)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    T: PositiveInt = 200
+    s: Annotated[StrictFloat, Field(gt=0.0, lt=1.0)] = 8e-3
+
+    def schedule(self) -> Schedule:
+        return Schedule(T=self.T, s=float(self.s))
+
+
+def _schedule_fields(value: Any) -> Any:
+    return {"T": value.T, "s": value.s} if isinstance(value, Schedule) else value
+
+
+#: A Schedule, validated (and written) as its ``schedule:`` section.
+ScheduleField = Annotated[
+    ScheduleSettings,
+    BeforeValidator(_schedule_fields),
+    AfterValidator(ScheduleSettings.schedule),
+    PlainSerializer(_schedule_fields),
+]
+
+
+class TrainConfig(BaseModel):
     """Everything that determines a training run except the data paths and the device.
 
     Units: ``patch`` in pixels (square, multiple of the U-Net's downsampling factor);
     ``lr`` per AdamW step, cosine-annealed to 0 over ``epochs * steps_per_epoch`` steps;
     minutes are wall-clock.
 
+    - ``objective``: a name in bigrestore.diffusion.objectives.OBJECTIVES; ``loss``: the
+      distance of one-pass objectives (l1 or l2).
     - ``val_fraction``: part of each training store held out for validation when no
       separate validation stores are given (0: no validation, the last epoch is kept).
-    - ``val_steps``: network calls per validation sample (None: all T steps, required by the
-      ancestral sampler).
+    - ``val_sampler``/``val_steps``/``val_clip_x0``: how validation samples are drawn, see
+      :meth:`validation_sampling` (``val_steps`` None: all T steps, required by samplers that
+      walk every step, such as the ancestral one).
     - ``val_clip_x0``: clip each predicted y_0 to [-1, 1] while sampling, as the authors'
       Palette-style code does; without it a deterministic sampler started at ab_T ~ 6e-8
       amplifies the network's noise error at t = T about 1000-fold.
@@ -127,83 +152,82 @@ class TrainConfig:
       autocast on GPUs and on CPUs with native bf16, fp32 master weights; else fp32).
     """
 
-    objective: str = "diffusion"
-    loss: str = "l1"
-    model: ModelSettings = field(default_factory=ModelSettings)
-    schedule: Schedule = field(default_factory=Schedule)
-    patch: int = 256
-    batch: int = 8
-    lr: float = 2e-4
-    weight_decay: float = 0.0
-    epochs: int = 100
-    steps_per_epoch: int = 500
-    val_patches: int = 32
-    val_samples: int = 8
-    val_sampler: str = "ancestral"
-    val_steps: int | None = None
-    val_clip_x0: bool = True
-    val_fraction: float = 0.1
-    augment: AugmentSettings = field(default_factory=AugmentSettings)
-    foreground_bias: float = 0.0
-    ema: float = 0.0
-    seed: int = 0
-    workers: int = 1
-    p_low: float = 1.0
-    p_high: float = 99.8
-    time_budget_minutes: float | None = None
-    checkpoint_minutes: float = 10.0
-    precision: str = "auto"
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
-    def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            _fail("precision", " or ".join(PRECISIONS), self.precision)
-        if self.objective not in OBJECTIVES:
-            _fail("objective", " or ".join(OBJECTIVES), self.objective)
-        if self.loss not in LOSSES:
-            _fail("loss", " or ".join(LOSSES), self.loss)
-        for name, low in (
-            ("patch", 8),
-            ("batch", 1),
-            ("epochs", 1),
-            ("steps_per_epoch", 1),
-            ("val_patches", 1),
-            ("val_samples", 1),
-            ("seed", 0),
-            ("workers", 0),
-        ):
-            _int(name, getattr(self, name), low)
-        _number("lr", self.lr, 1e-12, 1.0)
-        _number("weight_decay", self.weight_decay, 0.0, 1.0)
-        _number("val_fraction", self.val_fraction, 0.0, 0.5, closed_high=False)
-        _number("foreground_bias", self.foreground_bias, 0.0, 1.0)
-        _number("ema", self.ema, 0.0, 1.0, closed_high=False)
-        _number("p_low", self.p_low, 0.0, 100.0)
-        _number("p_high", self.p_high, 0.0, 100.0)
-        if self.p_low >= self.p_high:
-            _fail("p_high", f"greater than p_low = {self.p_low}", self.p_high)
-        _bool("val_clip_x0", self.val_clip_x0)
-        if self.val_sampler not in SAMPLERS:
-            _fail("val_sampler", " or ".join(SAMPLERS), self.val_sampler)
-        if self.val_steps is not None:
-            _int("val_steps", self.val_steps, 1)
-            if self.val_steps > self.schedule.T:
-                _fail("val_steps", f"at most schedule.T = {self.schedule.T}", self.val_steps)
-            if self.val_sampler == "ancestral" and self.val_steps != self.schedule.T:
-                _fail(
-                    "val_steps",
-                    f"null or {self.schedule.T} for the ancestral sampler",
-                    self.val_steps,
-                )
-        if self.time_budget_minutes is not None:
-            _number("time_budget_minutes", self.time_budget_minutes, 1e-3, 1e7)
-        _number("checkpoint_minutes", self.checkpoint_minutes, 1e-3, 1e7)
-        levels = self.model.channel_mult
-        factor = 2 ** (len(levels) - 1) if isinstance(levels, tuple) and levels else 1
-        if self.patch % factor:
-            _fail(
-                "patch", f"a multiple of {factor} (2 ** (len(model.channel_mult) - 1))", self.patch
-            )
-        self.unet()  # the architecture itself
+    objective: str = "diffusion"
+    loss: Literal[LOSS_DISTANCES] = "l1"  # type: ignore[valid-type]
+    model: ModelSettings = ModelSettings()
+    schedule: ScheduleField = Schedule()
+    patch: Annotated[StrictInt, Field(ge=8)] = 256
+    batch: PositiveInt = 8
+    lr: Annotated[StrictFloat, Field(ge=1e-12, le=1.0, allow_inf_nan=False)] = 2e-4
+    weight_decay: Fraction = 0.0
+    epochs: PositiveInt = 100
+    steps_per_epoch: PositiveInt = 500
+    val_patches: PositiveInt = 32
+    val_samples: PositiveInt = 8
+    val_sampler: str = "ancestral"
+    val_steps: PositiveInt | None = None
+    val_clip_x0: StrictBool = True
+    val_fraction: Annotated[StrictFloat, Field(ge=0.0, lt=0.5, allow_inf_nan=False)] = 0.1
+    augment: AugmentSettings = AugmentSettings()
+    foreground_bias: Fraction = 0.0
+    ema: Annotated[StrictFloat, Field(ge=0.0, lt=1.0, allow_inf_nan=False)] = 0.0
+    seed: NonNegativeInt = 0
+    workers: NonNegativeInt = 1
+    p_low: Percentile = 1.0
+    p_high: Percentile = 99.8
+    time_budget_minutes: Minutes | None = None
+    checkpoint_minutes: Minutes = 10.0
+    precision: Literal[PRECISIONS] = "auto"  # type: ignore[valid-type]
+
+    @field_validator("objective")
+    @classmethod
+    def _known_objective(cls, value: str) -> str:
+        if value not in OBJECTIVES:
+            raise ValueError(" or ".join(OBJECTIVES))
+        return value
+
+    @field_validator("val_sampler")
+    @classmethod
+    def _known_sampler(cls, value: str) -> str:
+        if value not in SAMPLERS:
+            raise ValueError(" or ".join(SAMPLERS))
+        return value
+
+    @field_validator("patch")
+    @classmethod
+    def _fits_the_levels(cls, patch: int, info: ValidationInfo) -> int:
+        model = info.data.get("model")  # absent when the model section was refused
+        if model is not None and patch % model.downsample_factor:
+            factor = model.downsample_factor
+            raise ValueError(f"a multiple of {factor} (2 ** (len(model.channel_mult) - 1))")
+        return patch
+
+    @field_validator("val_steps")
+    @classmethod
+    def _steps_on_the_schedule(cls, steps: int | None, info: ValidationInfo) -> int | None:
+        schedule, sampler = info.data.get("schedule"), info.data.get("val_sampler")
+        if steps is None or schedule is None or sampler is None:
+            return steps
+        if steps > schedule.T:
+            raise ValueError(f"at most schedule.T = {schedule.T}")
+        if SAMPLERS[sampler].every_step and steps != schedule.T:
+            raise ValueError(f"null or {schedule.T} for the {sampler} sampler")
+        return steps
+
+    @field_validator("p_high")
+    @classmethod
+    def _above_p_low(cls, p_high: float, info: ValidationInfo) -> float:
+        p_low = info.data.get("p_low")
+        if p_low is not None and p_low >= p_high:
+            raise ValueError(f"greater than p_low = {p_low}")
+        return p_high
+
+    @model_validator(mode="after")
+    def _architecture(self) -> TrainConfig:
+        self.unet()  # ArchitectureError (not a ValueError, so pydantic lets it through)
+        return self
 
     def unet(self) -> UNetConfig:
         return self.model.unet(self.patch)
@@ -212,71 +236,34 @@ class TrainConfig:
     def total_steps(self) -> int:
         return self.epochs * self.steps_per_epoch
 
+    def validation_sampling(self) -> SamplerSettings:
+        """How validation draws each sample: ``val_sampler`` on ``val_steps`` quadratically
+        spaced steps, deterministic where the sampler allows (eta 0), x0 clipped if
+        ``val_clip_x0``."""
+        return SamplerSettings(
+            sampler=self.val_sampler,
+            steps=self.val_steps,
+            eta=0.0,
+            spacing="quadratic",
+            clip_x0=self.val_clip_x0,
+        )
+
     def replace(self, **changes: Any) -> TrainConfig:
         """A validated copy with some top-level fields changed (e.g. ``epochs``)."""
-        return dataclasses.replace(self, **changes)
+        return TrainConfig.from_dict({**dict(self), **changes})
 
     def to_dict(self) -> dict[str, Any]:
         """JSON/YAML-ready nested dict; ``TrainConfig.from_dict(c.to_dict()) == c``."""
-
-        def plain(value: Any) -> Any:
-            if isinstance(value, tuple | list):
-                return [plain(v) for v in value]
-            if isinstance(value, dict):
-                return {k: plain(v) for k, v in value.items()}
-            return value
-
-        out = {f.name: plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
-        out["model"] = plain(dataclasses.asdict(self.model))
-        out["augment"] = plain(dataclasses.asdict(self.augment))
-        out["schedule"] = {"T": self.schedule.T, "s": self.schedule.s}
-        return out
+        return self.model_dump(mode="json")
 
     @classmethod
     def from_dict(cls, data: Any, source: object = WHERE) -> TrainConfig:
         """Build and validate from a nested mapping; ``source`` (e.g. the YAML path) is named
         in every error. Missing keys take the defaults above; unknown keys are errors."""
         try:
-            return _build(data)
-        except BadInputError as err:
-            raise BadInputError(f"{source}: {err}") from err
-
-
-def _section(data: Any, name: str, cls: type) -> dict[str, Any]:
-    if not isinstance(data, dict):
-        _fail(name or "top level", "a mapping", type(data).__name__)
-    known = (
-        [f.name for f in dataclasses.fields(cls)] if dataclasses.is_dataclass(cls) else ["T", "s"]
-    )
-    for key in data:
-        if key not in known:
-            prefix = f"{name}." if name else ""
-            raise BadInputError(
-                describe(WHERE, f"{prefix}{key}", f"one of {', '.join(known)}", "an unknown key")
-            )
-    return dict(data)
-
-
-def _build(data: Any) -> TrainConfig:
-    top = _section(data, "", TrainConfig)
-    if "model" in top:
-        model = _section(top["model"], "model", ModelSettings)
-        for key in ("base_channels", "blocks_per_level", "channels_per_head"):
-            if key in model:
-                _int(f"model.{key}", model[key], 1)
-        for key in ("channel_mult", "attn_resolutions"):
-            if key in model and not isinstance(model[key], list | tuple):
-                _fail(f"model.{key}", "a list of positive integers", model[key])
-        top["model"] = ModelSettings(**model)
-    if "augment" in top:
-        top["augment"] = AugmentSettings(**_section(top["augment"], "augment", AugmentSettings))
-    if "schedule" in top:
-        sched = _section(top["schedule"], "schedule", Schedule)
-        T, s = sched.get("T", 200), sched.get("s", 8e-3)
-        _int("schedule.T", T, 1)
-        _number("schedule.s", s, 1e-9, 1.0, closed_high=False)
-        top["schedule"] = Schedule(T=T, s=float(s))
-    return TrainConfig(**top)
+            return validate_model(cls, data, source)
+        except ArchitectureError as err:
+            raise ArchitectureError(err.detail, source) from None
 
 
 def load_config(path: str | Path, **overrides: Any) -> TrainConfig:
@@ -291,8 +278,6 @@ def load_config(path: str | Path, **overrides: Any) -> TrainConfig:
     config = TrainConfig.from_dict(data if data is not None else {}, source=path)
     changes = {k: v for k, v in overrides.items() if v is not None}
     if changes:
-        try:
-            config = config.replace(**changes)
-        except BadInputError as err:
-            raise BadInputError(f"{path} (with command-line overrides): {err}") from err
+        where = f"{path} (with command-line overrides)"
+        config = TrainConfig.from_dict({**dict(config), **changes}, source=where)
     return config

@@ -17,7 +17,9 @@ from typing import Any
 
 import torch
 
+from bigrestore.diffusion.objectives import get_objective
 from bigrestore.errors import (
+    BadInputError,
     CannotCreateOutputError,
     IncompatibleModelError,
     MissingInputError,
@@ -26,7 +28,7 @@ from bigrestore.errors import (
 from bigrestore.intensity import Stats
 from bigrestore.io.paths import unwritable_directory
 from bigrestore.train import checkpoint
-from bigrestore.train.config import TrainConfig
+from bigrestore.train.config import WHERE, TrainConfig
 from bigrestore.train.stores import StorePair
 
 #: Entries of an output directory that ``--overwrite`` may remove (nothing else is touched).
@@ -186,10 +188,8 @@ def val_metric(config: TrainConfig, has_val: bool) -> str:
     """One line saying what the validation MAE measures (stored in the provenance)."""
     if not has_val:
         return "none (no validation data): the last epoch is exported"
-    if config.objective == "regression":
-        what = "one-pass prediction"
-    else:
-        steps = config.val_steps or config.schedule.T
-        clip = ", x0 clipped" if config.val_clip_x0 else ""
-        what = f"mean of {config.val_samples} samples ({config.val_sampler}, {steps} steps{clip})"
+    steps = config.val_steps or config.schedule.T
+    clip = ", x0 clipped" if config.val_clip_x0 else ""
+    sampled = f"mean of {config.val_samples} samples ({config.val_sampler}, {steps} steps{clip})"
+    what = get_objective(config.objective, WHERE, BadInputError).validation(sampled)
     return f"MAE of the {what} vs target on {config.val_patches} fixed patches, model space (p_low..p_high = -1..1)"

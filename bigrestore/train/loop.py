@@ -26,7 +26,6 @@ from bigrestore.devices import autocast_dtype, network_autocast
 from bigrestore.diffusion.noise import TileKey
 from bigrestore.diffusion.objectives import LossInputs, get_objective, predict_once
 from bigrestore.diffusion.repeated import sample_repeated
-from bigrestore.diffusion.samplers import SamplerSettings
 from bigrestore.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -137,16 +136,15 @@ def validate(
     device: torch.device,
 ) -> float:
     """Validation MAE in model space (target percentiles p_low..p_high span -1..1) of the
-    prediction on the fixed patches: the mean of ``val_samples`` samples (DDPM-avg, sampler
-    ``val_sampler`` with ``val_steps`` steps, x0 clipped if ``val_clip_x0``, noise keyed by patch index so every epoch draws
-    the same noise) for diffusion; the one-pass prediction for regression."""
+    prediction on the fixed patches: for sampled objectives the mean of ``val_samples`` samples
+    (DDPM-avg, drawn as ``config.validation_sampling()`` says, noise keyed by patch index so
+    every epoch draws the same noise); for the others their one-pass prediction."""
     was_training = net.training
     net.eval()
     autocast = autocast_dtype(config.precision, device)
     chunk = max(config.batch, 16)
     objective = get_objective(config.objective, "train config")
-    sampling = SamplerSettings(sampler=config.val_sampler, steps=config.val_steps, eta=0.0, spacing="quadratic",
-                               clip_x0=config.val_clip_x0)
+    sampling = config.validation_sampling()
     errors = []
     try:
         for start in range(0, len(cond), chunk):
@@ -155,8 +153,17 @@ def validate(
             if objective.sampled:
                 keys = [TileKey(config.seed, 0, 0, 0, start + i, 0) for i in range(len(x))]
                 pred = sample_repeated(
-                    net, x, keys, config.val_samples, config.schedule, sampling, objective=objective,
-                    device=device, max_batch=chunk, pad_batches=False, autocast_dtype=autocast,
+                    net,
+                    x,
+                    keys,
+                    config.val_samples,
+                    config.schedule,
+                    sampling,
+                    objective=objective,
+                    device=device,
+                    max_batch=chunk,
+                    pad_batches=False,
+                    autocast_dtype=autocast,
                 ).mean
             else:
                 with network_autocast(device.type, autocast):

@@ -20,11 +20,11 @@ from typing import Any
 
 import numpy as np
 import torch
-import zarr
 from torch.utils.data import IterableDataset, get_worker_info
 
 from bigrestore.errors import BadInputError, describe
 from bigrestore.intensity import Stats, percentile_stats, to_model
+from bigrestore.io.arrays import open_array
 from bigrestore.train.augment import augment_pair
 from bigrestore.train.config import AugmentSettings
 from bigrestore.train.stores import Plane, Source, StorePair
@@ -66,8 +66,9 @@ def plane_stats(values: np.ndarray, p_low: float, p_high: float, where: str) -> 
 class PatchReader:
     """Reads patch regions and plane statistics of store pairs in one process.
 
-    Zarr arrays are opened on first use (so instances can be sent to worker processes before
-    any is opened); statistics are cached in a bounded LRU keyed by (array, plane).
+    Arrays are opened on first use (through bigrestore.io.arrays), so instances can be sent to
+    worker processes before any is opened; statistics are cached in a bounded LRU keyed by
+    (array, plane).
     """
 
     def __init__(self, p_low: float, p_high: float, cache_size: int = STATS_CACHE) -> None:
@@ -77,8 +78,8 @@ class PatchReader:
         self._stats: OrderedDict[tuple[str, Plane], PlaneStats] = OrderedDict()
 
     def open_array(self, path: str) -> Any:
-        """The zarr array at ``path`` (override to instrument reads)."""
-        return zarr.open_array(path, mode="r")
+        """The (read-only) array at ``path`` (override to instrument reads)."""
+        return open_array(path)
 
     def _array(self, pair: StorePair, which: str) -> Any:
         path = pair.low_array if which == "low" else pair.high_array
