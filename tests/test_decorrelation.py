@@ -14,17 +14,15 @@ Expected values:
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import tifffile
+from conftest import data_path
 from scipy import ndimage
 
 from bigrestore.errors import BadInputError
 from bigrestore.evaluate.decorrelation import apodize, decorrelation_resolution
 
-W2S = Path(__file__).resolve().parents[2] / "shared" / "data" / "w2s"
 CROP = np.s_[128:384, 128:384]  # 256^2 centre crops keep the tests fast
 
 
@@ -35,7 +33,9 @@ def _normalise(img: np.ndarray) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def stacks() -> tuple[np.ndarray, np.ndarray]:
-    return tifffile.imread(W2S / "val_low.tif"), tifffile.imread(W2S / "val_high.tif")
+    return tifffile.imread(data_path("w2s/val_low.tif")), tifffile.imread(
+        data_path("w2s/val_high.tif")
+    )
 
 
 @pytest.mark.parametrize("shape", [(256, 256), (200, 300), (64, 64)])

@@ -9,25 +9,24 @@ about 2e-9, so MS-SSIM is compared to 1e-7.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 import tifffile
+from conftest import data_path
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from bigrestore.errors import BadInputError
 from bigrestore.evaluate import metrics
 
-W2S = Path(__file__).resolve().parents[2] / "shared" / "data" / "w2s"
 IMAGES = [(0, 0), (7, 1), (13, 2), (19, 0)]  # (field, channel) of the validation stacks
 
 
 @pytest.fixture(scope="module")
 def pairs() -> list[tuple[np.ndarray, np.ndarray]]:
     """(low, high) float64 (512, 512), each normalised on its own as the data README asks."""
-    low = tifffile.imread(W2S / "val_low.tif")
-    high = tifffile.imread(W2S / "val_high.tif")
+    low = tifffile.imread(data_path("w2s/val_low.tif"))
+    high = tifffile.imread(data_path("w2s/val_high.tif"))
     assert low.shape == high.shape == (20, 3, 512, 512)
     return [
         (

@@ -8,22 +8,17 @@ Moved images are cut from the full frame, so they carry no fill border of their 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import tifffile
+from conftest import data_path, nuclei_stack
 from scipy import ndimage as ndi
 
 from bigrestore.errors import BadInputError, UsageError
 from bigrestore.register.rigid import alignment_score, apply_rigid, register_rigid
 from bigrestore.register.stack import apply_padding_mask, register_stack
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-if not DATA.exists():
-    DATA = Path("/work/shared/data")
-W2S = DATA / "w2s"
-CELLS3D = DATA / "clean" / "cells3d_nuclei.tif"
 CROP = 128  # crop origin and half-size in the 512² W2S frame: [128:384]
 
 
@@ -35,7 +30,9 @@ def itk():
 @pytest.fixture(scope="module")
 def w2s() -> tuple[np.ndarray, np.ndarray]:
     """Fields 0-1 of the validation pairs, (t, c, y, x) uint8: (low, high)."""
-    return tifffile.imread(W2S / "val_low.tif")[:2], tifffile.imread(W2S / "val_high.tif")[:2]
+    return tifffile.imread(data_path("w2s/val_low.tif"))[:2], tifffile.imread(
+        data_path("w2s/val_high.tif")
+    )[:2]
 
 
 def rigid_matrix(angle_deg: float, translation: tuple[float, ...], shape: tuple[int, ...]):
@@ -150,7 +147,7 @@ def test_scale_invariant_and_moments_init(itk, w2s):
 
 @pytest.mark.parametrize("spacing", [None, (2.0, 1.0, 1.0)])
 def test_3d_rotation_and_shift(itk, spacing):
-    volume = tifffile.imread(CELLS3D).astype(np.float32)
+    volume = nuclei_stack().astype(np.float32)
     origin, shape = (14, 80, 80), (32, 96, 96)
     fixed = volume[14:46, 80:176, 80:176]
     truth = rigid_matrix(1.5, (1.5, -2.0, 2.5), shape)
@@ -200,7 +197,7 @@ def test_register_stack_planes_share_transform_across_channels(itk, w2s):
 
 
 def test_register_stack_volume_mode(itk):
-    volume = tifffile.imread(CELLS3D)[14:38, 80:144, 80:144].astype(np.float32)
+    volume = nuclei_stack()[14:38, 80:144, 80:144].astype(np.float32)
     shape = volume.shape
     truth = rigid_matrix(0.0, (1.0, 2.0, -1.5), shape)
     moving_ch = ndi.affine_transform(volume, np.linalg.inv(truth), order=3)
