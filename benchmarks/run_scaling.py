@@ -53,7 +53,7 @@ from bigrestore.diffusion.objectives import get_objective
 from bigrestore.io.meta import default_meta
 from bigrestore.io.write import write_image
 from bigrestore.model.files import load_model
-from bigrestore.run.block import normalise, read_block, sample_tiles, tiles_of
+from bigrestore.run.block import cut, normalise, read_tiles_region, sample_tiles
 from bigrestore.run.cluster import ClusterSpec
 from bigrestore.run.plan import make_plan
 from bigrestore.run.restore import restore
@@ -95,14 +95,15 @@ def make_inputs(workdir: Path, side: int, data: Path) -> tuple[Path, Path, str]:
 def planned_tiles(
     shape: tuple[int, int], s: RunSettings, multiple: int
 ) -> tuple[TileGrid, list[Any]]:
-    """The tile grid and, per output block, (block, origins of the tiles it computes), as ``run`` plans."""
+    """The tile grid and, per output block, (block, origins of the tiles its tile task computes:
+    those starting in it, each tile once), as ``run`` plans."""
     grid = TileGrid(shape[0], shape[1], s.tile, s.overlap, multiple)
     blocks = plan_blocks(shape[0], shape[1], s.chunk, s.chunk, s.chunks_per_block)
-    return grid, [(b, grid.tiles_touching(*b.region)) for b in blocks]
+    return grid, [(b, grid.tiles_owned(*b.region)) for b in blocks]
 
 
 def tile_cost(shape: tuple[int, int], s: RunSettings, multiple: int) -> dict[str, Any]:
-    """Computed tile pixels per output pixel: with block duplicates (what runs) and on the grid alone."""
+    """Computed tile pixels per output pixel (each tile once: border tiles are shared)."""
     grid, per_block = planned_tiles(shape, s, multiple)
     computed = sum(len(origins) for _, origins in per_block)
     unique = len(grid.tiles())
@@ -119,15 +120,18 @@ def tile_cost(shape: tuple[int, int], s: RunSettings, multiple: int) -> dict[str
 def model_inputs(
     path: Path, unused_output: Path, model: Path, s: RunSettings
 ) -> tuple[RunJob, list[Any]]:
-    """The run's own plan and, per block, (task, tile origins, condition tiles), prepared by
-    the block stages that ``run`` uses (read_block, normalise, tiles_of); nothing is written."""
+    """The run's own plan and, per block, (task, owned tile origins, condition tiles), prepared
+    by the tile stages that ``run`` uses (read_tiles_region, normalise, cut): each tile once,
+    as the run's tile tasks compute them; nothing is written."""
     plan = make_plan(path, unused_output, model, s, None, None, "cpu", 1)
+    grid = plan.job.grid
     prepared = []
     for task in plan.tasks:
-        region, ry0, rx0 = read_block(plan.job, task, plan.job.grid)
-        origins, tiles = tiles_of(
-            normalise(region, plan.job, task), plan.job.grid, ry0, rx0, task.block
-        )
+        origins = grid.tiles_owned(*task.block.region)
+        if not origins:
+            continue
+        region, ry0, rx0 = read_tiles_region(plan.job, task, grid, origins)
+        tiles = cut(normalise(region, plan.job, task), grid, ry0, rx0, origins)
         prepared.append((task, origins, torch.from_numpy(tiles)))
     return plan.job, prepared
 

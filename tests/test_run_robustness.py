@@ -187,8 +187,8 @@ def test_worker_killed_mid_run_is_recomputed_identically(nuclei, model, referenc
 
     def progress(record: dict[str, Any], done: int, total: int) -> None:
         seen["total"] = total
-        if done == total:  # futures still held: the scheduler still knows every task
-            seen["suspicious"] = seen["client"].run_on_scheduler(_suspicious_tasks)
+        # tile tasks are released once their blocks are written: collect while they exist
+        seen.setdefault("suspicious", {}).update(seen["client"].run_on_scheduler(_suspicious_tasks))
 
     restore(
         nuclei,

@@ -155,7 +155,8 @@ def restore_sample(
             model=model,
             settings=settings,
             cluster=cluster,
-            progress=bar.update,
+            progress=bar.block,
+            tile_progress=bar.tiles,
             on_client=dashboard_line,
         )
     finally:

@@ -287,7 +287,8 @@ def command(input_path: Path, **opts: Any) -> None:
                 ngff_version=opts["ngff_version"],
                 device=opts["device"],
                 allow_missing_chunks=opts["allow_missing_chunks"],
-                progress=bar.update,
+                progress=bar.block,
+                tile_progress=bar.tiles,
                 on_client=dashboard_line,
             )
     finally:
@@ -329,19 +330,27 @@ def dashboard_line(client: Any) -> None:
 
 
 class ProgressBar:
-    """A tqdm bar over blocks, drawn at the first finished block (so refusals print one line)."""
+    """A tqdm bar over tiles (so the ETA comes from the first tiles, not the first whole
+    block), with the blocks written as its postfix; drawn at the first finished tiles, so
+    refusals print one line only."""
 
     def __init__(self, desc: str = "restoring") -> None:
         self.desc = desc
         self.bar: Any = None
+        self.blocks = ""
 
-    def update(self, record: dict[str, Any], done: int, total: int) -> None:
+    def tiles(self, done: int, total: int) -> None:
         if self.bar is None:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, unit="block", desc=self.desc, dynamic_ncols=True)
-        self.bar.update(1)
-        self.bar.set_postfix(tiles=record["tiles"], device=record.get("device", "?"), refresh=False)
+            self.bar = tqdm(total=total, unit="tile", desc=self.desc, dynamic_ncols=True)
+        self.bar.update(done - self.bar.n)
+        self.bar.set_postfix_str(self.blocks, refresh=False)
+
+    def block(self, record: dict[str, Any], done: int, total: int) -> None:
+        self.blocks = f"{done}/{total} blocks written"
+        if self.bar is not None:
+            self.bar.set_postfix_str(self.blocks)
 
     def close(self) -> None:
         if self.bar is not None:

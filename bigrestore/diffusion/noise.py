@@ -67,15 +67,18 @@ class NoiseStream:
     settings) determines every value.
     """
 
-    def __init__(self, key: TileKey | tuple[int, ...], sample: int) -> None:
+    def __init__(self, key: TileKey | tuple[int, ...], sample: int, negate: bool = False) -> None:
         key = TileKey(*key)
         self.key = key
         self.sample = require_int(sample, "sample", "noise key", low=0)
+        self.sign = -1.0 if negate else 1.0
         seq = np.random.SeedSequence([_DOMAIN, _FORMAT, *_key_words((*key, self.sample))])
         self._bits = np.random.Philox(seq)
 
     def __repr__(self) -> str:
-        return f"NoiseStream({self.key!r}, sample={self.sample})"
+        return (
+            f"NoiseStream({self.key!r}, sample={self.sample}{', negated' if self.sign < 0 else ''})"
+        )
 
     def normal(self, shape: tuple[int, ...]) -> np.ndarray:
         """Next block of N(0, 1) values: float32 array of ``shape`` (Box-Muller on Philox words)."""
@@ -90,7 +93,8 @@ class NoiseStream:
         out = np.empty(raw.shape[0], dtype=np.float64)
         out[0::2] = radius * np.cos(angle)
         out[1::2] = radius * np.sin(angle)
-        return out[:n].astype(np.float32).reshape(shape)
+        values = out[:n].astype(np.float32).reshape(shape)
+        return -values if self.sign < 0 else values
 
 
 def batched_noise(

@@ -107,6 +107,26 @@ def eps_denoise(out: torch.Tensor, y: torch.Tensor, ab: float) -> tuple[torch.Te
     return x0, out
 
 
+# ----------------------------------------------------------------------------- v-prediction
+
+
+def v_loss(net: Network, cond: torch.Tensor, y0: torch.Tensor, inputs: LossInputs) -> torch.Tensor:
+    """v-prediction (Salimans & Ho 2022): mean (v_theta - v)^2 with
+    v = sqrt(ab_t) eps - sqrt(1 - ab_t) y0. At ab_T ~ 0 the target is -y0, so the network's
+    first call already estimates the clean image (the conditional mean), at every noise level
+    without dividing by sqrt(ab)."""
+    y_t, eps, ab, c_y0, c_eps = noisy_targets(y0, inputs)
+    pred = net(cond, y_t, ab.to(y0.device, torch.float32))
+    return ((pred.float() - (c_y0 * eps - c_eps * y0.float())) ** 2).mean()
+
+
+def v_denoise(out: torch.Tensor, y: torch.Tensor, ab: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """x0 = sqrt(ab) y_t - sqrt(1-ab) v and eps = sqrt(1-ab) y_t + sqrt(ab) v: well conditioned
+    from pure noise (ab ~ 0) to the clean end (ab ~ 1)."""
+    a, s = math.sqrt(ab), math.sqrt(1.0 - ab)
+    return a * y - s * out, s * y + a * out
+
+
 # ----------------------------------------------------------------------------- regression
 
 
@@ -150,6 +170,13 @@ DIFFUSION = Objective(
     loss=eps_loss,
     denoise=eps_denoise,
 )
+V_DIFFUSION = Objective(
+    name="v",
+    summary="conditional DDPM with v-prediction: a clean-image estimate from the first call",
+    sampled=True,
+    loss=v_loss,
+    denoise=v_denoise,
+)
 REGRESSION = Objective(
     name="regression",
     summary="one-pass CARE-like regression with the same U-Net (L1 or L2 to the target)",
@@ -157,7 +184,7 @@ REGRESSION = Objective(
     loss=regression_loss,
 )
 
-OBJECTIVES: dict[str, Objective] = {o.name: o for o in (DIFFUSION, REGRESSION)}
+OBJECTIVES: dict[str, Objective] = {o.name: o for o in (DIFFUSION, V_DIFFUSION, REGRESSION)}
 
 
 def get_objective(

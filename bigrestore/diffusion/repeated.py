@@ -125,6 +125,14 @@ def pixel_entropy(samples: torch.Tensor) -> torch.Tensor:
     return bits.float().reshape(samples.shape[1:])
 
 
+def sample_stream(key: TileKey, sample: int, antithetic: bool) -> NoiseStream:
+    """The noise of sample ``sample`` of a tile: its own stream, or with ``antithetic`` the
+    stream of pair sample // 2, negated for the pair's second member."""
+    if antithetic:
+        return NoiseStream(key, sample // 2, negate=sample % 2 == 1)
+    return NoiseStream(key, sample)
+
+
 def sample_repeated(
     net: Network,
     cond: torch.Tensor,
@@ -165,7 +173,7 @@ def sample_repeated(
         chunk = pairs[start : start + max_batch]
         pad = max_batch - len(chunk) if pad_batches else 0
         tiles = torch.tensor([tile for tile, _ in chunk] + [0] * pad, device=cond.device)
-        streams = [NoiseStream(keys[tile], i) for tile, i in chunk]
+        streams = [sample_stream(keys[tile], i, settings.antithetic) for tile, i in chunk]
         streams += [NoiseStream(keys[0], n_samples + k) for k in range(pad)]  # discarded
         y = sample(
             net,

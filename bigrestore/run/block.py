@@ -1,15 +1,20 @@
-"""One output block: read block + halo → normalise → tiles → N samples each → blend →
-back to intensities → write the block's own chunks → done-record.
+"""The work of ``bigrestore run`` on its workers, in named stages:
 
-This is the body of every Dask task of ``bigrestore run`` (DESIGN.md, "The engine"). Each stage
-is a small named function of explicit arguments, so the stages can be tested and benchmarked
-without Dask; :func:`compute_block` chains them. Running a block twice writes the same bytes to
-the same chunks (position-keyed noise, decision 3) and then sets its done-record again.
+tiles of a block:  read their region → normalise → cut → N samples each (per-tile statistics)
+one block:         gather the tiles touching it → blend → back to intensities → write its own
+                   chunks → done-record
+
+Every tile is computed once, by the task of the block it starts in (its owner, see
+``TileGrid.tiles_owned``), and handed to every block it touches: a tile on a block border is not
+computed twice. Each stage is a small function of explicit arguments, so the stages can be
+tested and benchmarked without Dask; :func:`compute_block` chains them in one process. Running a
+task twice gives the same bytes (position-keyed noise, DESIGN.md decision 3).
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,20 +30,40 @@ from bigrestore.intensity import Stats, to_model
 from bigrestore.io.arrays import read_region, write_region
 from bigrestore.io.runstore import mark_block_done
 from bigrestore.outputs import PlannedOutput, cast_to
+from bigrestore.run.batching import resolve_batch
 from bigrestore.run.tasks import BlockTask, RunJob
 from bigrestore.run.tiling import (
     Block,
     TileGrid,
     blend_tiles,
-    block_read_region,
     cut_tiles,
     pad_region,
+    read_region_of,
 )
 
 Origin = tuple[int, int]
 
 
-# ----------------------------------------------------------------------------- stages
+@dataclass
+class TileResults:
+    """Per-tile statistics in model space: ``maps[name]`` is float32 (n, C, t, t) for ``mean``,
+    ``std``, ``entropy`` and (N, n, C, t, t) for ``sample``, in the order of ``origins``."""
+
+    origins: list[Origin]
+    maps: dict[str, np.ndarray] = field(default_factory=dict)
+    device: str = "?"
+    precision: str = "?"
+    seconds: float = 0.0
+    batch: int = 0
+
+    def per_tile(self) -> dict[Origin, dict[str, np.ndarray]]:
+        out: dict[Origin, dict[str, np.ndarray]] = {}
+        for i, origin in enumerate(self.origins):
+            out[origin] = {k: (v[:, i] if k == "sample" else v[i]) for k, v in self.maps.items()}
+        return out
+
+
+# ----------------------------------------------------------------------------- tile stages
 
 
 def selection(
@@ -55,13 +80,13 @@ def selection(
     return tuple(parts[a] for a in axes)
 
 
-def read_block(job: RunJob, task: BlockTask, grid: TileGrid) -> tuple[np.ndarray, int, int]:
-    """The input region every touching tile needs, (C, h, w), and its top-left (ry0, rx0)."""
-    ry0, ry1, rx0, rx1 = block_read_region(task.block, grid)
-    region = read_region(
-        job.input_array,
-        selection(job.axes, task.t, task.channels, task.z, slice(ry0, ry1), slice(rx0, rx1)),
-    )
+def read_tiles_region(
+    job: RunJob, task: BlockTask, grid: TileGrid, origins: list[Origin]
+) -> tuple[np.ndarray, int, int]:
+    """The input region the tiles at ``origins`` cover, (C, h, w), and its top-left (ry0, rx0)."""
+    ry0, ry1, rx0, rx1 = read_region_of(grid.tiles_region(origins), grid)
+    where = selection(job.axes, task.t, task.channels, task.z, slice(ry0, ry1), slice(rx0, rx1))
+    region = read_region(job.input_array, where)
     return (region if "c" in job.axes else region[None]), ry0, rx0
 
 
@@ -70,14 +95,13 @@ def normalise(region: np.ndarray, job: RunJob, task: BlockTask) -> np.ndarray:
     return np.stack([to_model(region[i], job.input_stats[c]) for i, c in enumerate(task.channels)])
 
 
-def tiles_of(
-    normalised: np.ndarray, grid: TileGrid, ry0: int, rx0: int, block: Block
-) -> tuple[list[Origin], np.ndarray]:
-    """The origins of the tiles touching ``block`` and the tiles, (n, C, tile, tile) float32."""
-    padded = pad_region(normalised, grid, ry0, rx0)
-    origins = grid.tiles_touching(*block.region)
-    tiles = cut_tiles(padded, grid, ry0, rx0, origins)
-    return origins, np.stack([tiles[o] for o in origins])
+def cut(
+    normalised: np.ndarray, grid: TileGrid, ry0: int, rx0: int, origins: list[Origin]
+) -> np.ndarray:
+    """The tiles at ``origins``, (n, C, tile, tile) float32 (reflect-padded where the image is
+    smaller than a tile)."""
+    tiles = cut_tiles(pad_region(normalised, grid, ry0, rx0), grid, ry0, rx0, origins)
+    return np.stack([tiles[o] for o in origins])
 
 
 def sample_tiles(
@@ -93,9 +117,10 @@ def sample_tiles(
     ``entropy`` and (with save_samples) ``sample`` (N, n, C, t, t). Noise is keyed by the run
     seed, the plane and the tile's global origin."""
     s = job.settings
+    batch = resolve_batch(s.batch, net, cond.shape[-1], cond.shape[1], cond.device, autocast)
     with torch.inference_mode():
         if not objective.sampled:
-            return {"mean": predict_in_batches(net, cond, s.batch, autocast)}
+            return {"mean": predict_in_batches(net, cond, batch, autocast)}
         keys = [TileKey(s.seed, task.t, task.channels[0], task.z, ty, tx) for ty, tx in origins]
         stats = sample_repeated(
             net,
@@ -106,7 +131,7 @@ def sample_tiles(
             s.sampling,
             objective=objective,
             device=cond.device,
-            max_batch=s.batch,
+            max_batch=batch,
             autocast_dtype=autocast,
             return_samples=s.save_samples,
         )
@@ -128,17 +153,43 @@ def predict_in_batches(
     return torch.cat(outputs)
 
 
+def compute_tiles(
+    job: RunJob, task: BlockTask, origins: list[Origin], net: torch.nn.Module, device: torch.device
+) -> TileResults:
+    """The tiles at ``origins`` of the plane of ``task``: read, normalise, cut, sample."""
+    started = time.perf_counter()
+    if not origins:
+        return TileResults([], device=str(device))
+    grid = job.grid
+    region, ry0, rx0 = read_tiles_region(job, task, grid, origins)
+    tiles = cut(normalise(region, job, task), grid, ry0, rx0, origins)
+    autocast = autocast_dtype(job.settings.precision, device)
+    objective = get_objective(job.objective)
+    maps = sample_tiles(
+        net, torch.from_numpy(tiles).to(device), origins, job, task, objective, autocast
+    )
+    arrays = {name: values.float().cpu().numpy() for name, values in maps.items()}
+    precision = "fp32" if autocast is None else "bf16"
+    batch = resolve_batch(
+        job.settings.batch, net, tiles.shape[-1], tiles.shape[1], device, autocast
+    )
+    return TileResults(
+        origins, arrays, str(device), precision, time.perf_counter() - started, batch
+    )
+
+
+# ----------------------------------------------------------------------------- block stages
+
+
 def blend(
-    maps: dict[str, torch.Tensor], origins: list[Origin], grid: TileGrid, block: Block
+    tiles: dict[Origin, dict[str, np.ndarray]], origins: list[Origin], grid: TileGrid, block: Block
 ) -> dict[str, np.ndarray]:
     """Each statistic blended over the block's own pixels: float64 (..., C, h, w)."""
-    out = {}
-    for name, values in maps.items():
-        array = values.float().cpu().numpy()
-        if name == "sample":  # (N, n, ...) -> tiles first
-            array = np.moveaxis(array, 0, 1)
-        out[name] = blend_tiles({o: array[i] for i, o in enumerate(origins)}, grid, *block.region)
-    return out
+    names = tiles[origins[0]].keys()
+    return {
+        name: blend_tiles({o: tiles[o][name] for o in origins}, grid, *block.region)
+        for name in names
+    }
 
 
 def to_output_units(
@@ -170,24 +221,15 @@ def write_block(job: RunJob, task: BlockTask, name: str, values: np.ndarray) -> 
     )
 
 
-# ----------------------------------------------------------------------------- the block
-
-
-def compute_block(
-    job: RunJob, task: BlockTask, net: torch.nn.Module, device: torch.device
-) -> dict[str, Any]:
-    """Restore one block: every stage above, then its done-record. Returns a small record:
-    tiles computed, network evaluations, clipped pixels, precision, seconds."""
+def assemble_block(job: RunJob, task: BlockTask, results: list[TileResults]) -> dict[str, Any]:
+    """Blend the tiles touching the block (from ``results``, which may hold more), write every
+    output volume's chunks of the block, then its done-record. Returns a small record."""
     started = time.perf_counter()
     grid = job.grid
-    region, ry0, rx0 = read_block(job, task, grid)
-    origins, tiles = tiles_of(normalise(region, job, task), grid, ry0, rx0, task.block)
-    objective = get_objective(job.objective)
-    autocast = autocast_dtype(job.settings.precision, device)
-    maps = sample_tiles(
-        net, torch.from_numpy(tiles).to(device), origins, job, task, objective, autocast
-    )
-    blended = blend(maps, origins, grid, task.block)
+    tiles: dict[Origin, dict[str, np.ndarray]] = {}
+    for result in results:
+        tiles.update(result.per_tile())
+    blended = blend(tiles, grid.tiles_touching(*task.block.region), grid, task.block)
     out_stats = [job.output_stats[c] for c in task.out_channels]
     clipped = 0
     for planned in job.outputs():
@@ -195,17 +237,31 @@ def compute_block(
         clipped += clipped_here if planned.path == "mean" else 0
         write_block(job, task, planned.path, values)
     mark_block_done(job.output_root, task.done_index)
+    ran_on = sorted({f"{r.device} {r.precision}" for r in results if r.origins})
     return {
         "block": task.name,
-        "tiles": len(origins),
-        "evaluations": len(origins) * job.evaluations_per_tile(),
         "clipped": clipped,
-        "precision": "fp32" if autocast is None else "bf16",
+        "ran_on": ran_on,
+        "batch": sorted({r.batch for r in results if r.origins}),
         "seconds": time.perf_counter() - started,
     }
 
 
-# ----------------------------------------------------------------------------- worker entry
+def compute_block(
+    job: RunJob, task: BlockTask, net: torch.nn.Module, device: torch.device
+) -> dict[str, Any]:
+    """One block in this process: every tile touching it, then :func:`assemble_block` (tests
+    and benchmarks; a run shares border tiles between blocks instead)."""
+    origins = job.grid.tiles_touching(*task.block.region)
+    record = assemble_block(job, task, [compute_tiles(job, task, origins, net, device)])
+    return {
+        **record,
+        "tiles": len(origins),
+        "evaluations": len(origins) * job.evaluations_per_tile(),
+    }
+
+
+# ----------------------------------------------------------------------------- worker entries
 
 #: The one documented per-process cache (STYLE.md 5): a model is loaded once per worker.
 _MODELS: dict[tuple[str, str, str], torch.nn.Module] = {}
@@ -221,13 +277,15 @@ def load_cached_model(path: str, sha256: str, device: torch.device) -> torch.nn.
     return _MODELS[key]
 
 
-def run_block(job: RunJob, task: BlockTask) -> dict[str, Any]:
-    """Dask task entry: pick this worker's device, load the model once, compute the block."""
+def run_tiles(job: RunJob, owner: BlockTask) -> TileResults:
+    """Dask task: the tiles ``owner``'s block owns, on this worker's device, model loaded once."""
     if job.torch_threads > 0 and torch.get_num_threads() != job.torch_threads:
         torch.set_num_threads(job.torch_threads)
     device = pick_device(job.device)
-    record = compute_block(
-        job, task, load_cached_model(job.model_path, job.model_sha256, device), device
-    )
-    record["device"] = str(device)
-    return record
+    net = load_cached_model(job.model_path, job.model_sha256, device)
+    return compute_tiles(job, owner, job.grid.tiles_owned(*owner.block.region), net, device)
+
+
+def run_assemble(job: RunJob, task: BlockTask, *results: TileResults) -> dict[str, Any]:
+    """Dask task: blend and write one block from the tile results of its owner blocks."""
+    return assemble_block(job, task, list(results))

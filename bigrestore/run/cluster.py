@@ -206,29 +206,75 @@ def worker_count(client: Any) -> int:
     return max(1, len(client.scheduler_info().get("workers", {})))
 
 
-def run_tasks(
+def run_blocks(
     client: Any,
-    function: Callable[..., dict[str, Any]],
     job: Any,
+    all_tasks: list[Any],
     tasks: list[Any],
+    on_tiles: Callable[[int], None],
     on_done: Callable[[dict[str, Any]], None],
+    window: int = 0,
 ) -> None:
-    """Submit one Dask task per block and call ``on_done`` with each result as it finishes.
+    """Run ``tasks`` (blocks) on Dask, sharing border tiles: one task per owner block computes
+    the tiles that start in it (``run_tiles``), one task per block blends and writes
+    (``run_assemble``) from the tile results of the blocks owning its tiles. Blocks are
+    submitted in plan order, at most ``window`` at a time (default 4 per worker), and a tile
+    result is released as soon as no remaining block needs it, so memory holds about two rows
+    of blocks' tiles whatever the image size.
 
-    Tasks get stable keys (``block-…``) so a retried task is the same task. The job (a few
-    kB) travels with every task rather than being scattered once: a scattered value lives on
-    one worker and is lost with it, which made a 1-worker run fail when its worker died.
+    Keys are stable (a retried task is the same task); the job (a few kB) travels with every
+    task rather than being scattered once, so it is never lost with a worker. ``on_tiles(n)``
+    is called as each tile group finishes, ``on_done(record)`` as each block does.
     KeyboardInterrupt cancels what is still running and propagates.
     """
     from distributed import as_completed
 
-    futures = [
-        client.submit(function, job, task, key=f"{task.name}-{id(job):x}", pure=False, retries=2)
-        for task in tasks
-    ]
+    from bigrestore.run.block import run_assemble, run_tiles
+    from bigrestore.run.tasks import SharedTiles
+
+    shared = SharedTiles.plan(job, all_tasks, tasks)
+    window = window or 4 * max(1, len(client.scheduler_info().get("workers", {})))
+    tag = f"{id(job):x}"
+    groups: dict[tuple[int, ...], Any] = {}
+    running: dict[Any, Any] = {}
+    pending = list(reversed(tasks))
+    completed = as_completed()
+
+    tiles_of: dict[Any, int] = {}
+
+    def group_future(group: tuple[int, ...]) -> Any:
+        if group not in groups:
+            owner = shared.owners[group]
+            future = client.submit(
+                run_tiles, job, owner, key=f"tiles-{owner.name}-{tag}", pure=False, retries=2
+            )
+            groups[group], tiles_of[future] = future, shared.tiles_in(job, group)
+            completed.add(future)
+        return groups[group]
+
+    def submit_next() -> None:
+        task = pending.pop()
+        deps = [group_future(g) for g in shared.needs[task.done_index]]
+        future = client.submit(
+            run_assemble, job, task, *deps, key=f"{task.name}-{tag}", pure=False, retries=2
+        )
+        running[future] = task
+        completed.add(future)
+
     try:
-        for future in as_completed(futures):
+        while pending and len(running) < window:
+            submit_next()
+        for future in completed:
+            if future in tiles_of:  # a tile group finished (its result stays for its blocks)
+                future.result()  # raises here if the group failed
+                on_tiles(tiles_of.pop(future))
+                continue
+            task = running.pop(future)
             on_done(future.result())
+            for group in shared.finished(task):
+                groups.pop(group, None)  # dropping the last reference releases it on the worker
+            if pending:
+                submit_next()
     except BaseException:
-        client.cancel(futures)
+        client.cancel(list(running) + list(groups.values()))
         raise

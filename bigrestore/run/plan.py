@@ -160,15 +160,20 @@ def plan_tasks(
     return tasks, (nt, len(groups), nz, nby, nbx)
 
 
-def plan_cost(tasks: list[BlockTask], grid: TileGrid, evaluations_per_tile: int) -> Cost:
-    """Tiles, network evaluations and tile pixels per output pixel of ``tasks``."""
+def plan_cost(
+    tasks: list[BlockTask], grid: TileGrid, evaluations_per_tile: int, shared: bool = True
+) -> Cost:
+    """Tiles, network evaluations and tile pixels per output pixel of ``tasks``: each tile once
+    (``shared``, how `run` computes: border tiles shared between blocks), or once per block
+    that touches it (what a run without sharing would compute)."""
+    count = grid.tiles_owned if shared else grid.tiles_touching
     per_block: dict[tuple[int, ...], int] = {}
     output_pixels = 0
     tiles = 0
     for task in tasks:
         key = task.block.region
         if key not in per_block:
-            per_block[key] = len(grid.tiles_touching(*key))
+            per_block[key] = len(count(*key))
         tiles += per_block[key]
         output_pixels += (task.block.y1 - task.block.y0) * (task.block.x1 - task.block.x0)
     ratio = tiles * grid.tile**2 / output_pixels if output_pixels else math.nan

@@ -27,7 +27,7 @@ from bigrestore.io.ngff import NGFF_VERSIONS
 from bigrestore.io.paths import check_output, written_by_bigrestore
 from bigrestore.io.runstore import RunStore, output_lock, refuse_if_locked
 from bigrestore.io.write import PYRAMID_MIN_SIDE
-from bigrestore.run.cluster import ClusterSpec, check_gpus, open_client, run_tasks
+from bigrestore.run.cluster import ClusterSpec, check_gpus, open_client, run_blocks
 from bigrestore.run.settings import RunSettings, default_output
 from bigrestore.run.tasks import BlockTask
 
@@ -120,9 +120,17 @@ def resume_command(input_path: Path, output: Path) -> str:
 
 
 def execute(
-    plan: RunPlan, tasks: list[BlockTask], client: Any, progress: Progress | None
+    plan: RunPlan,
+    tasks: list[BlockTask],
+    client: Any,
+    progress: Progress | None,
+    tile_progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
-    """Run the blocks on the Dask ``client``; returns totals (tiles, evaluations, clipped, ran_on)."""
+    """Run the blocks on the Dask ``client`` (border tiles computed once and shared); returns
+    totals (tiles, evaluations, clipped, ran_on). ``progress(record, blocks_done, blocks)``
+    follows blocks, ``tile_progress(tiles_done, tiles)`` the tiles (for an early ETA)."""
+    from bigrestore.run.tasks import SharedTiles
+
     totals: dict[str, Any] = {
         "tiles": 0,
         "evaluations": 0,
@@ -130,11 +138,18 @@ def execute(
         "done": 0,
         "ran_on": set(),
     }
+    shared = SharedTiles.plan(plan.job, plan.tasks, tasks)
+    tiles_total = sum(shared.tiles_in(plan.job, g) for g in shared.uses)
+
+    def on_tiles(n: int) -> None:
+        totals["tiles"] += n
+        totals["evaluations"] += n * plan.job.evaluations_per_tile()
+        if tile_progress:
+            tile_progress(totals["tiles"], tiles_total)
 
     def on_done(result: dict[str, Any]) -> None:
-        totals["ran_on"].add(f"{result.get('device', '?')} {result.get('precision', '?')}")
-        for key in ("tiles", "evaluations", "clipped"):
-            totals[key] += result[key]
+        totals["ran_on"].update(result.get("ran_on", []))
+        totals["clipped"] += result["clipped"]
         totals["done"] += 1
         if progress:
             progress(result, totals["done"], len(tasks))
@@ -142,17 +157,15 @@ def execute(
     if not tasks:
         return totals
     hint = resume_command(plan.input_path, Path(plan.job.output_root))
-    from bigrestore.run.block import run_block
-
     try:
-        run_tasks(client, run_block, plan.job, tasks, on_done)
+        run_blocks(client, plan.job, plan.tasks, tasks, on_tiles, on_done)
     except KeyboardInterrupt as exc:
         raise ResumableInterrupt(
             f"interrupted after {totals['done']} of {len(tasks)} blocks; finished blocks are kept. Resume with: {hint}"
         ) from exc
     except BigrestoreError:
         raise
-    except Exception as exc:  # a block failed on a worker: unreadable chunk, disk full, ...
+    except Exception as exc:  # a task failed on a worker: unreadable chunk, disk full, ...
         raise IOFailure(
             f"{plan.input_path}: a block failed after {totals['done']} of {len(tasks)} blocks: "
             f"{type(exc).__name__}: {exc}. Finished blocks are kept; fix the cause, then: {hint}"
@@ -222,6 +235,7 @@ def restore(
     device: str = "auto",
     allow_missing_chunks: bool = False,
     progress: Progress | None = None,
+    tile_progress: Callable[[int, int], None] | None = None,
     on_client: Callable[[Any], None] | None = None,
     pyramid_min_side: int = PYRAMID_MIN_SIDE,
 ) -> RestoreResult:
@@ -259,7 +273,7 @@ def restore(
             if on_client:
                 on_client(client)
             store, tasks = open_store(plan, output, record, resume)
-            totals = execute(plan, tasks, client, progress)
+            totals = execute(plan, tasks, client, progress, tile_progress)
             compute_seconds = time.perf_counter() - started
             manifest = finish(
                 plan, store, record, totals, cluster, (compute_seconds, started), pyramid_min_side

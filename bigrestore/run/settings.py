@@ -34,6 +34,7 @@ class RunSettings(BaseModel):
     - ``tile``/``overlap``: pixels; None = twice the model's training patch / a quarter tile.
     - ``seed``: the run seed of the position-keyed noise.
     - ``batch``: network batch (tiles x samples) per call; padded so results do not depend on it.
+      None = auto: 8 on a CPU, the largest that fits on a GPU (bigrestore.run.batching).
     - ``dtype``/``output_scale``: the mean's dtype and intensity scale (input or the model's
       training target).
     - ``chunk``/``chunks_per_block``: output chunk side in YX and chunks per block side.
@@ -47,7 +48,7 @@ class RunSettings(BaseModel):
     tile: Annotated[StrictInt, Field(ge=8)] | None = None
     overlap: Annotated[StrictInt, Field(ge=0)] | None = None
     seed: Annotated[StrictInt, Field(ge=0, le=MAX_SEED)] = 0
-    batch: PositiveInt = 8
+    batch: PositiveInt | None = None
     dtype: Literal["float32", "uint16", "uint8"] = "float32"
     output_scale: Literal["target", "input"] = "target"
     chunk: Annotated[StrictInt, Field(ge=8)] = 512

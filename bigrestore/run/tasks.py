@@ -73,3 +73,50 @@ class BlockTask:
     @property
     def name(self) -> str:
         return "block-" + "-".join(str(i) for i in self.done_index)
+
+
+def block_side(settings: RunSettings) -> int:
+    """Side of a (full) block in pixels: chunk x chunks per block."""
+    return settings.chunk * settings.chunks_per_block
+
+
+def tile_owners(job: RunJob, task: BlockTask) -> list[tuple[int, ...]]:
+    """Done-indices of the blocks whose tiles ``task``'s block needs (its own among them): a
+    tile belongs to the block it starts in (``TileGrid.tiles_owned``)."""
+    side = block_side(job.settings)
+    t, g, z = task.done_index[:3]
+    owners = {(ty // side, tx // side) for ty, tx in job.grid.tiles_touching(*task.block.region)}
+    return [(t, g, z, by, bx) for by, bx in sorted(owners)]
+
+
+@dataclass
+class SharedTiles:
+    """Which tile groups (one per owner block) each remaining block needs, and how many of
+    the remaining blocks still need each group: a group's result can be dropped when its count
+    reaches 0. Plain bookkeeping, no Dask (bigrestore.run.cluster.run_blocks uses it)."""
+
+    needs: dict[tuple[int, ...], list[tuple[int, ...]]]
+    uses: dict[tuple[int, ...], int]
+    owners: dict[tuple[int, ...], BlockTask]
+
+    @classmethod
+    def plan(cls, job: RunJob, all_tasks: list[BlockTask], left: list[BlockTask]) -> SharedTiles:
+        owners = {task.done_index: task for task in all_tasks}
+        needs = {task.done_index: tile_owners(job, task) for task in left}
+        uses: dict[tuple[int, ...], int] = {}
+        for groups in needs.values():
+            for group in groups:
+                uses[group] = uses.get(group, 0) + 1
+        return cls(needs, uses, owners)
+
+    def finished(self, task: BlockTask) -> list[tuple[int, ...]]:
+        """Record a finished block; returns the groups no remaining block needs any more."""
+        released = []
+        for group in self.needs.pop(task.done_index, []):
+            self.uses[group] -= 1
+            if self.uses[group] == 0:
+                released.append(group)
+        return released
+
+    def tiles_in(self, job: RunJob, group: tuple[int, ...]) -> int:
+        return len(job.grid.tiles_owned(*self.owners[group].block.region))

@@ -165,10 +165,23 @@ class TileGrid:
         Tiles along an axis abut or overlap, so this union is a rectangle; it may
         extend past the image only where the image is smaller than a tile.
         """
-        touching = self.tiles_touching(y0, y1, x0, x1)
-        tys = [ty for ty, _ in touching]
-        txs = [tx for _, tx in touching]
+        return self.tiles_region(self.tiles_touching(y0, y1, x0, x1))
+
+    def tiles_region(self, origins: list[tuple[int, int]]) -> Region:
+        """Union of the tiles at ``origins`` (non-empty), in padded-image coordinates."""
+        tys = [ty for ty, _ in origins]
+        txs = [tx for _, tx in origins]
         return min(tys), max(tys) + self.tile, min(txs), max(txs) + self.tile
+
+    def tiles_owned(self, y0: int, y1: int, x0: int, x1: int) -> list[tuple[int, int]]:
+        """Origins of the tiles that *start* in ``[y0, y1) x [x0, x1)``, sorted row-major.
+
+        Every tile starts inside the image, so the blocks of a plan own every tile exactly
+        once: a tile is computed by its owner block's task and shared with the blocks it
+        touches (one computation per tile, not one per block that needs it)."""
+        oy = [o for o in self.tile_origins_y if y0 <= o < y1]
+        ox = [o for o in self.tile_origins_x if x0 <= o < x1]
+        return [(ty, tx) for ty in oy for tx in ox]
 
 
 def _ramp(overlap: int) -> np.ndarray:
@@ -353,5 +366,10 @@ def plan_blocks(
 
 def block_read_region(block: Block, grid: TileGrid) -> Region:
     """Image region ``(ry0, ry1, rx0, rx1)`` a block must read: its tiles' union, clipped to the image."""
-    hy0, hy1, hx0, hx1 = grid.halo_region(*block.region)
+    return read_region_of(grid.halo_region(*block.region), grid)
+
+
+def read_region_of(region: Region, grid: TileGrid) -> Region:
+    """A padded-image region clipped to the image: what must be read to cut its tiles."""
+    hy0, hy1, hx0, hx1 = region
     return max(hy0, 0), min(hy1, grid.height), max(hx0, 0), min(hx1, grid.width)

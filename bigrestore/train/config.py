@@ -34,7 +34,7 @@ from bigrestore.checks import validate_model
 from bigrestore.devices import PRECISIONS
 from bigrestore.diffusion.objectives import LOSS_DISTANCES, OBJECTIVES
 from bigrestore.diffusion.samplers import SAMPLERS, SamplerSettings
-from bigrestore.diffusion.schedule import Schedule
+from bigrestore.diffusion.schedule import Schedule, timesteps
 from bigrestore.errors import BadInputError, IncompatibleModelError, MissingInputError, describe
 from bigrestore.model.unet import UNetConfig
 
@@ -150,6 +150,9 @@ class TrainConfig(BaseModel):
     - ``p_low``/``p_high``: percentiles of each plane mapped to -1/+1 (model space).
     - ``precision``: network arithmetic, see bigrestore.devices.autocast_dtype (auto: bf16
       autocast on GPUs and on CPUs with native bf16, fp32 master weights; else fp32).
+    - ``train_timesteps``/``train_spacing``: train only on the K timesteps a K-step sampler
+      visits (Fast-DDPM, Jiang et al. 2024; None: all of 1..T). Validation then samples on
+      exactly those steps (DDIM, eta 1).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -180,6 +183,8 @@ class TrainConfig(BaseModel):
     time_budget_minutes: Minutes | None = None
     checkpoint_minutes: Minutes = 10.0
     precision: Literal[PRECISIONS] = "auto"  # type: ignore[valid-type]
+    train_timesteps: PositiveInt | None = None
+    train_spacing: Literal["uniform", "quadratic"] = "uniform"
 
     @field_validator("objective")
     @classmethod
@@ -236,10 +241,24 @@ class TrainConfig(BaseModel):
     def total_steps(self) -> int:
         return self.epochs * self.steps_per_epoch
 
+    def training_timesteps(self) -> list[int] | None:
+        """The timesteps the loss draws t from (None: all of 1..T)."""
+        if self.train_timesteps is None:
+            return None
+        return timesteps(self.schedule.T, self.train_timesteps, self.train_spacing)[:-1]
+
     def validation_sampling(self) -> SamplerSettings:
         """How validation draws each sample: ``val_sampler`` on ``val_steps`` quadratically
         spaced steps, deterministic where the sampler allows (eta 0), x0 clipped if
-        ``val_clip_x0``."""
+        ``val_clip_x0``; a model trained on ``train_timesteps`` is sampled on exactly those."""
+        if self.train_timesteps is not None:
+            return SamplerSettings(
+                sampler="ddim",
+                steps=self.train_timesteps,
+                eta=1.0,
+                spacing=self.train_spacing,
+                clip_x0=self.val_clip_x0,
+            )
         return SamplerSettings(
             sampler=self.val_sampler,
             steps=self.val_steps,

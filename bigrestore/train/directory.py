@@ -188,8 +188,9 @@ def val_metric(config: TrainConfig, has_val: bool) -> str:
     """One line saying what the validation MAE measures (stored in the provenance)."""
     if not has_val:
         return "none (no validation data): the last epoch is exported"
-    steps = config.val_steps or config.schedule.T
-    clip = ", x0 clipped" if config.val_clip_x0 else ""
-    sampled = f"mean of {config.val_samples} samples ({config.val_sampler}, {steps} steps{clip})"
+    sampling = config.validation_sampling()
+    steps = sampling.steps or config.schedule.T
+    clip = ", x0 clipped" if sampling.clip_x0 else ""
+    sampled = f"mean of {config.val_samples} samples ({sampling.sampler}, {steps} steps{clip})"
     what = get_objective(config.objective, WHERE, BadInputError).validation(sampled)
     return f"MAE of the {what} vs target on {config.val_patches} fixed patches, model space (p_low..p_high = -1..1)"

@@ -116,7 +116,9 @@ def train_step(
             torch.cuda.default_generators[index].manual_seed(seed)
         with network_autocast(device.type, autocast_dtype(config.precision, device)):
             generator = torch.Generator(device=device).manual_seed(seed)
-            inputs = LossInputs(config.schedule, generator, config.loss)
+            inputs = LossInputs(
+                config.schedule, generator, config.loss, config.training_timesteps()
+            )
             loss = get_objective(config.objective, "train config").loss(net, cond, target, inputs)
         optimizer.zero_grad(set_to_none=True)
         loss.float().backward()
