@@ -169,10 +169,15 @@ def run_record(work: Path, name: str, step: dict) -> dict:
             evaluations_per_s=round(evaluations / compute, 1),
         )
     log = work / "logs" / f"{name}.log"
-    found = re.findall(r"after (\d+) of (\d+) blocks", log.read_text() if log.exists() else "")
-    if found and manifest.get("status") != "complete":
-        done, total = map(int, found[-1])
-        record.update(blocks_done=done, blocks_total=total)
+    text = log.read_text(errors="replace") if log.exists() else ""
+    blocks = re.findall(r"after (\d+) of (\d+) blocks", text)
+    tiles = re.findall(r"(\d+)/(\d+) \[", text)  # the progress bar counts tiles
+    if manifest.get("status") != "complete" and (blocks or tiles):
+        if blocks:
+            record.update(blocks_done=int(blocks[-1][0]), blocks_total=int(blocks[-1][1]))
+        done, total = map(int, (tiles or blocks)[-1])
+        if tiles:
+            record.update(tiles_done=done, tiles_total=total)
         if done:
             record["projected_full_seconds"] = round(step["seconds"] * total / done)
     return record | gpu_samples(work / f"smi_{name}.csv")
@@ -278,9 +283,11 @@ def markdown(summary: dict) -> str:
             "",
         ]
     lines += ["## Steps", ""] + table(summary["steps"], ["step", "exit", "seconds", "limit"])
-    columns = ["run", "side", "ran_on", "workers", "batch", "samples", "tiles", "evaluations"]
+    columns = ["run", "side", "status", "ran_on", "workers", "batch", "samples", "tiles"]
+    columns += ["evaluations"]
     columns += ["compute_seconds", "tiles_per_s", "evaluations_per_s", "gpu_util_mean"]
-    columns += ["gpu_util_max", "memory_used_max_mib", "blocks_done", "projected_full_seconds"]
+    columns += ["gpu_util_max", "memory_used_max_mib", "blocks_done", "tiles_done"]
+    columns += ["projected_full_seconds"]
     lines += ["## Runs", ""] + table(list(summary["runs"].values()), columns)
     columns = ["a", "b", "identical", "max_abs_diff", "mean_abs_diff", "psnr_db", "range_of_a"]
     lines += ["## Comparisons of the means", ""] + table(summary["comparisons"], columns)

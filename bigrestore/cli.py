@@ -62,9 +62,9 @@ def cli(verbose: int) -> None:
 
 
 # --- commands: one module each in bigrestore.commands; this file only wires them ---
-from bigrestore.commands import convert, demo, evaluate, info, register, run, train  # noqa: E402
+from bigrestore.commands import convert, demo, evaluate, info, plan, register, run, train  # noqa: E402
 
-for _module in (convert, info, run, train, evaluate, register, demo):
+for _module in (convert, info, plan, run, train, evaluate, register, demo):
     cli.add_command(_module.command)
 
 

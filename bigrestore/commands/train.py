@@ -70,6 +70,13 @@ STORE_OPTIONS = _options(
     ),
     store_option("--val-high", "val_highs", "Validation pair (target)."),
     click.option(
+        "--weight",
+        "weights",
+        multiple=True,
+        type=float,
+        help="Share of patches from each --low/--high pair (repeat, in order; default: by pixels).",
+    ),
+    click.option(
         "--config",
         "config_path",
         type=PATH,
@@ -215,6 +222,7 @@ def command(
     highs: tuple[Path, ...],
     val_lows: tuple[Path, ...],
     val_highs: tuple[Path, ...],
+    weights: tuple[float, ...],
     config_path: Path | None,
     out_dir: Path,
     objective: str | None,
@@ -244,6 +252,10 @@ def command(
     from bigrestore.train import train
 
     check_pairs(lows, highs, val_lows, val_highs)
+    if weights and len(weights) != len(lows):
+        raise click.UsageError(
+            f"--weight: one per --low/--high pair: {len(weights)} for {len(lows)} pairs"
+        )
     config = train_config(
         config_path,
         out_dir,
@@ -258,7 +270,10 @@ def command(
     try:
         result = train(
             config,
-            list(zip(lows, highs, strict=True)),
+            [
+                (low, high, *([w] if weights else []))
+                for low, high, w in zip(lows, highs, weights or [0.0] * len(lows), strict=True)
+            ],
             out_dir,
             val_pairs=list(zip(val_lows, val_highs, strict=True)) or None,
             resume=resume,

@@ -282,8 +282,11 @@ def make_plan(
     device: str,
     torch_threads: int,
     allow_missing_chunks: bool = False,
+    statistics: bool = True,
 ) -> RunPlan:
-    """Validate everything and lay out the run (reads the input's statistics; writes nothing)."""
+    """Validate everything and lay out the run (reads the input's statistics; writes nothing).
+    ``statistics=False`` skips the pixel scans (finite check, percentiles; placeholder
+    statistics): a plan to look at, not to run (``bigrestore plan``)."""
     image = open_image(input_path, series=series)
     check_chunks(image, allow_missing_chunks)
     info = load_run_model(model)
@@ -301,9 +304,12 @@ def make_plan(
             describe(image.path, "shape", f"a plan of at most {MAX_TASKS} blocks", found)
         )
     tasks, done_shape = plan_tasks(image.meta.axes, out_shape, groups, settings)
-    check_finite(image)
     norm = info.normalization
-    stats = input_statistics(image, selected, norm.p_low, norm.p_high)
+    if statistics:
+        check_finite(image)
+        stats = input_statistics(image, selected, norm.p_low, norm.p_high)
+    else:
+        stats = {c: Stats(0.0, 1.0) for c in selected}
     use_target = settings.output_scale == "target" and norm.target is not None
     targets = [norm.target.stats() if use_target else stats[c] for c in selected]  # type: ignore[union-attr]
     job = RunJob(

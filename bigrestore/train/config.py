@@ -140,6 +140,7 @@ class TrainConfig(BaseModel):
     - ``val_sampler``/``val_steps``/``val_clip_x0``: how validation samples are drawn, see
       :meth:`validation_sampling` (``val_steps`` None: all T steps, required by samplers that
       walk every step, such as the ancestral one).
+    - ``val_eta``/``val_spacing``: DDIM's stochasticity and step spacing in validation.
     - ``val_clip_x0``: clip each predicted y_0 to [-1, 1] while sampling, as the authors'
       Palette-style code does; without it a deterministic sampler started at ab_T ~ 6e-8
       amplifies the network's noise error at t = T about 1000-fold.
@@ -172,6 +173,8 @@ class TrainConfig(BaseModel):
     val_sampler: str = "ancestral"
     val_steps: PositiveInt | None = None
     val_clip_x0: StrictBool = True
+    val_eta: Annotated[StrictFloat, Field(ge=0.0, le=1.0, allow_inf_nan=False)] = 0.0
+    val_spacing: Literal["uniform", "quadratic"] = "quadratic"
     val_fraction: Annotated[StrictFloat, Field(ge=0.0, lt=0.5, allow_inf_nan=False)] = 0.1
     augment: AugmentSettings = AugmentSettings()
     foreground_bias: Fraction = 0.0
@@ -262,8 +265,8 @@ class TrainConfig(BaseModel):
         return SamplerSettings(
             sampler=self.val_sampler,
             steps=self.val_steps,
-            eta=0.0,
-            spacing="quadratic",
+            eta=self.val_eta,
+            spacing=self.val_spacing,
             clip_x0=self.val_clip_x0,
         )
 

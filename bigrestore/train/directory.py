@@ -119,6 +119,7 @@ def data_record(
             "axes": p.axes,
             "shape": list(p.shape),
             "channels": [list(c) for c in p.channels],
+            **({"weight": p.weight} if p.weight else {}),
         }
 
     return {

@@ -128,13 +128,14 @@ def draw_patch(
 ) -> tuple[np.ndarray, np.ndarray]:
     """One random (condition, target) pair, float32 (patch, patch) in model space.
 
-    Source chosen with probability proportional to its pixel count, then a plane and a
+    Source chosen with probability proportional to its weight (its pixel count unless the
+    pairs are weighted), then a plane and a
     position uniformly. With probability ``foreground_bias`` the patch must be foreground
     (see :func:`foreground_score`); after FOREGROUND_TRIES misses the most foreground of the
     tries is taken, so an empty image cannot stall training. Patches with non-finite pixels
     are redrawn; BadInputError after MAX_DRAWS such draws.
     """
-    weights = np.array([s.pixels for s in sources], dtype=np.float64)
+    weights = np.array([s.weight for s in sources], dtype=np.float64)
     weights /= weights.sum()
     want_foreground = rng.random() < foreground_bias
     best: tuple[float, np.ndarray, np.ndarray] | None = None

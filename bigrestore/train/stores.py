@@ -38,6 +38,9 @@ class StorePair:
     axes: str
     shape: tuple[int, ...]
     channels: tuple[tuple[int, int], ...]
+    #: Share of training patches drawn from this pair, relative to the other pairs' weights;
+    #: 0 (all pairs): patches are drawn in proportion to each pair's pixels.
+    weight: float = 0.0
 
     def size(self, axis: str) -> int:
         return self.shape[self.axes.index(axis)] if axis in self.axes else 1
@@ -78,6 +81,12 @@ class Source:
     def pixels(self) -> int:
         return len(self.planes) * (self.y[1] - self.y[0]) * (self.x[1] - self.x[0])
 
+    @property
+    def weight(self) -> float:
+        """Relative probability of drawing a training patch here: the pair's weight when the
+        pairs are weighted, else the source's pixel count."""
+        return self.pair.weight if self.pair.weight > 0 else float(self.pixels)
+
 
 def _channel_index(image: OpenedImage, item: str | int, other: OpenedImage) -> int | None:
     """Index of channel ``item`` (index or name) in ``image``; None when a name is absent."""
@@ -116,7 +125,10 @@ def _channels(
 
 
 def open_pair(
-    low: str | Path, high: str | Path, channels: Sequence[str | int] | None = None
+    low: str | Path,
+    high: str | Path,
+    channels: Sequence[str | int] | None = None,
+    weight: float = 0.0,
 ) -> StorePair:
     """Open a low/high pair lazily and check that it can be trained on.
 
@@ -153,7 +165,19 @@ def open_pair(
         axes=low_image.meta.axes,
         shape=tuple(int(n) for n in low_image.data.shape),
         channels=_channels(low_image, high_image, channels),
+        weight=_weight(weight, where),
     )
+
+
+def _weight(weight: object, where: str) -> float:
+    if (
+        isinstance(weight, bool)
+        or not isinstance(weight, int | float)
+        or not math.isfinite(weight)
+        or weight < 0
+    ):
+        raise BadInputError(describe(where, "weight", "a finite number >= 0", repr(weight)))
+    return float(weight)
 
 
 def whole_source(pair: StorePair, patch: int) -> Source:
@@ -209,7 +233,14 @@ def make_sources(
     val_fraction: float,
 ) -> tuple[list[Source], list[Source]]:
     """Training and validation sources: by store when ``val_pairs`` are given, else by region
-    of each training pair (``val_fraction`` 0: no validation, empty list)."""
+    of each training pair (``val_fraction`` 0: no validation, empty list). Either every
+    training pair has a weight or none has."""
+    weighted = {p.weight > 0 for p in pairs}
+    if len(weighted) > 1:
+        found = [p.weight for p in pairs]
+        raise BadInputError(
+            describe("training pairs", "--weight", "a weight for every pair or for none", found)
+        )
     if val_pairs:
         return [whole_source(p, patch) for p in pairs], [whole_source(p, patch) for p in val_pairs]
     if val_fraction <= 0:

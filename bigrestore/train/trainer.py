@@ -28,7 +28,9 @@ from bigrestore.train.patches import PatchReader, fixed_patches, target_statisti
 from bigrestore.train.session import Progress, Session, TrainingData
 from bigrestore.train.stores import make_sources, open_pair
 
-Pairs = Sequence[tuple[str | Path, str | Path]]
+Pairs = Sequence[
+    tuple[str | Path, str | Path] | tuple[str | Path, str | Path, float]
+]  # (low, high[, weight])
 
 
 @dataclass
@@ -80,8 +82,10 @@ def read_data(
 ) -> TrainingData:
     """Open and check the stores (the same ones as the ``resumed`` checkpoint's, if any), split
     training from validation, and read the target statistics and the validation patches."""
-    train_pairs = [open_pair(low, high, channels) for low, high in pairs]
-    held_pairs = [open_pair(low, high, channels) for low, high in val_pairs] if val_pairs else None
+    train_pairs = [open_pair(pair[0], pair[1], channels, *pair[2:]) for pair in pairs]
+    held_pairs = (
+        [open_pair(low, high, channels) for low, high, *_ in val_pairs] if val_pairs else None
+    )
     record = directory.data_record(train_pairs, held_pairs, config)
     if resumed is not None and resumed.get("data") != record:
         raise IncompatibleModelError(
