@@ -67,14 +67,50 @@ def mosaic_input(path: Path, side: int = 1024) -> Path:
     return write_image(path, np.vstack(rows), meta, chunks=(512, 512), overwrite=True)
 
 
-def timed(command: list[str]) -> tuple[float, str]:
+def descendants(pid: int) -> list[int]:
+    """Processes below ``pid`` (Linux /proc)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int(
+                    (entry / "stat").read_text().rsplit(")", 1)[1].split()[1]
+                )
+            except (OSError, IndexError, ValueError):
+                pass
+    found, frontier = [], [pid]
+    while frontier:
+        children = [p for p, parent in parents.items() if parent in frontier]
+        found += children
+        frontier = children
+    return found
+
+
+def rss(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def timed(command: list[str]) -> tuple[float, str, int]:
+    """Run ``command``; its wall seconds, stdout and the largest resident size that any one
+    process below it reached (sampled every 0.5 s: the Dask workers)."""
     print("$", " ".join(command[2:] if command[:2] == BIGRESTORE[:2] else command), flush=True)
     started = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peak = 0
+    while process.poll() is None:
+        peak = max([peak] + [rss(p) for p in descendants(process.pid)])
+        time.sleep(0.5)
+    out, err = process.communicate()
     seconds = time.perf_counter() - started
-    if done.returncode:
-        sys.exit(f"failed ({done.returncode}): {done.stderr[-2000:]}")
-    return seconds, done.stdout
+    if process.returncode:
+        sys.exit(f"failed ({process.returncode}): {err[-2000:]}")
+    return seconds, out, peak
 
 
 def main() -> None:
@@ -89,17 +125,22 @@ def main() -> None:
     print(f"load average before: {os.getloadavg()}  (cores: {os.cpu_count()})")
 
     big = sparse_input(args.work / "sparse.zarr", args.side, w2s_fields(4))
-    seconds, text = timed([*BIGRESTORE, "plan", str(big), "--samples", "8", "--steps", "50"])
+    seconds, text, _ = timed([*BIGRESTORE, "plan", str(big), "--samples", "8", "--steps", "50"])
     print(text + f"(plan of the {args.side}² input took {seconds:.1f} s wall, imports included)\n")
 
     small = mosaic_input(args.work / "mosaic.zarr", args.mosaic)
     options = ["--samples", str(args.samples), "--steps", str(args.steps)]
-    seconds, text = timed([*BIGRESTORE, "plan", str(small), *options, "--json"])
+    seconds, text, _ = timed([*BIGRESTORE, "plan", str(small), *options, "--json"])
     plan = json.loads(text)
     print(f"plan took {seconds:.1f} s; estimate {plan['seconds']}")
     out = args.work / "mosaic.restored.zarr"
-    wall, text = timed([*BIGRESTORE, "run", str(small), "-o", str(out), "--overwrite", *options])
+    wall, text, peak = timed(
+        [*BIGRESTORE, "run", str(small), "-o", str(out), "--overwrite", *options]
+    )
     print(text)
+    memory = plan["memory_per_worker"]["peak"]
+    print(f"peak worker memory: measured {peak / 2**20:.0f} MiB (largest process below the run), "
+          f"estimated {memory / 2**20:.0f} MiB")  # fmt: skip
     manifest = json.loads((out / "zarr.json").read_text())["attributes"]["bigrestore"]
     estimated = plan["seconds"]["total"]
     for name, measured in (("run total_seconds", manifest["total_seconds"]), ("run wall", wall)):

@@ -62,9 +62,19 @@ def cli(verbose: int) -> None:
 
 
 # --- commands: one module each in bigrestore.commands; this file only wires them ---
-from bigrestore.commands import convert, demo, evaluate, info, plan, register, run, train  # noqa: E402
+from bigrestore.commands import (  # noqa: E402
+    calibrate,
+    convert,
+    demo,
+    evaluate,
+    info,
+    plan,
+    register,
+    run,
+    train,
+)
 
-for _module in (convert, info, plan, run, train, evaluate, register, demo):
+for _module in (convert, info, plan, run, calibrate, train, evaluate, register, demo):
     cli.add_command(_module.command)
 
 

@@ -30,7 +30,9 @@ class OutputVolume:
 
     ``dtype`` "run" means the run's ``--dtype`` (integer dtypes are rounded and clipped, and
     the clipped pixels counted); anything else is that numpy dtype. ``sampled_only``: written
-    only by objectives that draw samples (a one-pass model has no spread). ``per_sample``: one
+    only by objectives that draw samples (a one-pass model has no spread). ``calibrated_only``:
+    written only when the model carries a calibration for the run's sampler settings
+    (bigrestore.diffusion.calibration). ``per_sample``: one
     volume per sample, named ``name/NN.zarr``, written with ``--save-samples``.
     """
 
@@ -41,6 +43,7 @@ class OutputVolume:
     description: str
     sampled_only: bool = False
     per_sample: bool = False
+    calibrated_only: bool = False
 
     def to_units(self, values: np.ndarray, stats: Stats) -> np.ndarray:
         """Model-space values (one channel) → float32 in the output's units."""
@@ -82,6 +85,33 @@ OUTPUTS: tuple[OutputVolume, ...] = (
         sampled_only=True,
         per_sample=True,
     ),
+    OutputVolume(
+        "lower",
+        "lower",
+        "intensity",
+        "run",
+        "lower end of the calibrated interval (--coverage, default 90%)",
+        sampled_only=True,
+        calibrated_only=True,
+    ),
+    OutputVolume(
+        "upper",
+        "upper",
+        "intensity",
+        "run",
+        "upper end of the calibrated interval",
+        sampled_only=True,
+        calibrated_only=True,
+    ),
+    OutputVolume(
+        "std_calibrated",
+        "std_calibrated",
+        "spread",
+        "float32",
+        "pixel std scaled so that its z-scores have unit variance on the calibration data",
+        sampled_only=True,
+        calibrated_only=True,
+    ),
 )
 BY_NAME = {volume.name: volume for volume in OUTPUTS}
 
@@ -96,12 +126,15 @@ class PlannedOutput:
     sample: int | None = None
 
 
-def planned_outputs(sampled: bool, samples: int, save_samples: bool) -> list[PlannedOutput]:
+def planned_outputs(
+    sampled: bool, samples: int, save_samples: bool, calibrated: bool = False
+) -> list[PlannedOutput]:
     """The outputs of a run, in writing order: every row that applies to the objective
-    (``sampled``); per-sample rows expand to ``samples/00.zarr`` ... with ``save_samples``."""
+    (``sampled``) and, with ``calibrated``, the calibrated rows; per-sample rows expand to
+    ``samples/00.zarr`` ... with ``save_samples``."""
     planned = []
     for volume in OUTPUTS:
-        if volume.sampled_only and not sampled:
+        if (volume.sampled_only and not sampled) or (volume.calibrated_only and not calibrated):
             continue
         if volume.per_sample:
             if save_samples:

@@ -22,6 +22,9 @@ def test_help_lists_every_command():
     assert result.exit_code == 0
     for command in ("convert", "info"):
         assert command in result.output
+    convert = run("convert", "--help")
+    for needed in ("CZI", "ND2", "LIF", "OME-TIFF", "--scene", "bigrestore[formats]"):
+        assert needed in convert.output, needed
 
 
 def test_convert_real_stack_and_info(tmp_path):

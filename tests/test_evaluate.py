@@ -93,6 +93,38 @@ def test_without_a_tuning_set_the_tuning_planes_are_not_scored(w2s):
     assert {r["method"] for r in result.rows} == {"raw", "gaussian"}
 
 
+def test_best_gaussian_per_image_uses_the_gt_and_is_labelled_so(tmp_path, w2s):
+    """On one real W2S image (nothing to tune on), the per-image Gaussian runs where the tuned
+    one cannot, its sigma is the PSNR argmax of an independent grid search (scikit-image PSNR,
+    percentile normalisation as every method), and it beats the raw input."""
+    crop = (slice(0, 1), slice(1, 2), slice(128, 384), slice(128, 384))
+    low = write_image(tmp_path / "low.zarr", w2s["arrays"]["low"][crop], _meta("tcyx"))
+    high = write_image(tmp_path / "high.zarr", w2s["arrays"]["high"][crop], _meta("tcyx"))
+    result = evaluate([], high, raw=low, patch=None, gaussian_oracle=True)
+    assert result.methods == ("raw", "gaussian-oracle") and result.settings["gaussian"] is None
+    oracle = result.settings["gaussian_oracle"]
+    assert "uses the" in oracle["criterion"] and "ground truth" in oracle["criterion"]
+    (sigma,) = oracle["sigmas"].values()
+    ndimage = pytest.importorskip("scipy.ndimage")
+    skimage_metrics = pytest.importorskip("skimage.metrics")
+
+    def norm(a):
+        lo, hi = np.percentile(a.astype(np.float64), [0.1, 99.9])
+        return (a - lo) / (hi - lo)
+
+    raw, gt = w2s["arrays"]["low"][crop][0, 0], norm(w2s["arrays"]["high"][crop][0, 0])
+    scores = {
+        s: skimage_metrics.peak_signal_noise_ratio(
+            gt, norm(ndimage.gaussian_filter(raw.astype(np.float64), s)), data_range=1.0
+        )
+        for s in SIGMA_GRID
+    }
+    assert sigma == max(scores, key=scores.get)
+    psnr = {m: result.summary[m]["psnr"]["median"] for m in result.methods}
+    assert psnr["gaussian-oracle"] == pytest.approx(scores[sigma], abs=1e-9)
+    assert psnr["gaussian-oracle"] > psnr["raw"] + 3.0
+
+
 @pytest.mark.parametrize(
     ("mode", "gain_free"), [("percentile", True), ("linear-fit", True), ("none", False)]
 )

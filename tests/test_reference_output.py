@@ -48,6 +48,12 @@ RUN_OPTIONS = [
     "1",
     "--threads-per-worker",
     "2",
+    # the settings of the recording (defaults then; since then the defaults keep the input's
+    # dtype and scale): the pinned numbers stay those of the recording
+    "--dtype",
+    "float32",
+    "--output-scale",
+    "target",
 ]
 OUTPUTS = ("mean", "std", "entropy")
 

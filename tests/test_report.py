@@ -1,76 +1,91 @@
-"""The HTML report: PNG encoder, colour maps, SVG charts, and a page that renders in Chromium."""
+"""The HTML report: matplotlib figures (profile span, whole legends, no global state), readable
+headers, no machine paths, and a page that renders in Chromium."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
-import xml.etree.ElementTree as ET
-import zlib
+import sys
+from html.parser import HTMLParser
 
 import numpy as np
 import pytest
 import tifffile
 from conftest import data_path
+from PIL import Image
 
 from bigrestore.errors import CannotCreateOutputError
-from bigrestore.evaluate.figures import DIVERGING, INFERNO_LIKE, colorize, line_chart, png_bytes
+from bigrestore.evaluate.figures import (
+    RegionFigure,
+    line_chart,
+    line_figure,
+    profile_figure,
+    save_png,
+)
 from bigrestore.evaluate.report import prepare_report_dir
 from bigrestore.evaluate.scoring import evaluate
 from bigrestore.io.meta import ImageMeta
 from bigrestore.io.write import write_image
 
 
-def _decode_png(data: bytes) -> np.ndarray:
-    """Independent minimal decoder for the files we write (8-bit RGB, filter 0, one IDAT)."""
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    pos, chunks = 8, {}
-    while pos < len(data):
-        length = int.from_bytes(data[pos : pos + 4], "big")
-        tag = data[pos + 4 : pos + 8]
-        body = data[pos + 8 : pos + 8 + length]
-        assert zlib.crc32(tag + body) == int.from_bytes(
-            data[pos + 8 + length : pos + 12 + length], "big"
-        )
-        chunks[tag] = body
-        pos += 12 + length
-    w, h = int.from_bytes(chunks[b"IHDR"][:4], "big"), int.from_bytes(chunks[b"IHDR"][4:8], "big")
-    rows = np.frombuffer(zlib.decompress(chunks[b"IDAT"]), np.uint8).reshape(h, 1 + 3 * w)
-    assert np.all(rows[:, 0] == 0)
-    return rows[:, 1:].reshape(h, w, 3)
+def _region(names=("bigrestore DDPM-avg", "raw", "gaussian-oracle")) -> RegionFigure:
+    rng = np.random.default_rng(0)
+    images = {n: rng.normal(size=(64, 64)) for n in names}
+    images["gt"] = rng.normal(size=(64, 64))
+    return RegionFigure("plane 0", images, "gt", 32, 100, 200, None, None)
 
 
-def test_png_round_trip_and_pillow_reads_it():
-    rgb = np.random.default_rng(0).integers(0, 256, (7, 5, 3), dtype=np.uint8)
-    data = png_bytes(rgb)
-    np.testing.assert_array_equal(_decode_png(data), rgb)
-    image = pytest.importorskip("PIL.Image")
-    import io
+def test_profile_spans_exactly_the_profile_and_its_legend_is_whole(tmp_path):
+    fig = _region()
+    figure = profile_figure(fig)
+    ax = figure.axes[0]
+    assert ax.get_xlim() == (200, 263)  # x0 .. x0 + 63: the 64 pixels of the profile row
+    assert [line.get_xdata()[-1] for line in ax.lines] == [263] * 4
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == [
+        "bigrestore DDPM-avg",
+        "raw input",
+        "Gaussian, best sigma per image (uses the ground truth)",
+        "ground truth",
+    ]
+    html = save_png(figure, tmp_path, "p.png", "profile")
+    assert 'src="p.png"' in html
+    # the saved PNG holds the whole legend: it is taller than the axes' own box
+    with Image.open(tmp_path / "p.png") as png:
+        width, height = png.size
+    renderer = figure.canvas.get_renderer()
+    legend = ax.get_legend().get_window_extent(renderer)
+    assert legend.y0 < ax.get_window_extent(renderer).y0 and height >= legend.height
 
-    np.testing.assert_array_equal(np.asarray(image.open(io.BytesIO(data)).convert("RGB")), rgb)
 
-
-def test_diverging_map_is_white_at_zero_blue_under_red_over():
-    rgb = colorize(np.array([[-1.0, 0.0, 1.0]]), -1.0, 1.0, DIVERGING)[0].astype(int)
-    assert rgb[1].tolist() == [255, 255, 255]
-    assert rgb[0][2] > rgb[0][0] + 80 and rgb[2][0] > rgb[2][2] + 80
-    ramp = colorize(np.linspace(0, 1, 50)[None], 0, 1, INFERNO_LIKE)[0].astype(int).sum(axis=1)
-    assert np.all(np.diff(ramp) >= 0) and ramp[0] < 20 and ramp[-1] > 600  # dark to light
-
-
-def test_line_chart_is_valid_svg_with_one_polyline_per_series():
-    svg = line_chart(
-        [("a", [0, 1, 2], [1.0, 3.0, 2.0]), ("b", [0, 1, 2], [0.5, float("nan"), 4.2])],
+def test_line_chart_drops_non_finite_points_and_writes_a_png(tmp_path):
+    figure = line_figure(
+        [("a", [0, 1, 2], [1.0, 3.0, 2.0]), ("b", [0, 1, 2], [0.5, float("nan"), None])],
         "t",
         "x",
         "y",
     )
-    root = ET.fromstring(svg)
-    lines = root.findall("{http://www.w3.org/2000/svg}polyline")
-    assert len(lines) == 2 and len(lines[1].get("points").split()) == 2  # NaN dropped
-    ys = [float(p.split(",")[1]) for line in lines for p in line.get("points").split()]
-    top, height = 30, 270 - 30 - 44
-    assert all(top <= y <= top + height for y in ys)  # every point inside the plot frame
+    assert [len(line.get_xdata()) for line in figure.axes[0].lines] == [3, 1]
+    line_chart(tmp_path, "c.png", [("a", [0, 1], [1.0, 2.0])], "title", "x", "y")
+    with Image.open(tmp_path / "c.png") as png:
+        assert png.format == "PNG" and png.size[0] > 300
+
+
+def test_figures_leave_matplotlib_global_state_alone(tmp_path):
+    code = (
+        "import sys, matplotlib; before = matplotlib.get_backend(); "
+        "from pathlib import Path; from bigrestore.evaluate.figures import line_chart; "
+        f"line_chart(Path({str(tmp_path)!r}), 'x.png', [('a', [0, 1], [0, 1])], 't', 'x', 'y'); "
+        "print('matplotlib.pyplot' in sys.modules, matplotlib.get_backend() == before)"
+    )
+    env = {**os.environ, "MPLBACKEND": "svg"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
+    )
+    assert done.stdout.split() == ["False", "True"]
+    assert (tmp_path / "x.png").is_file()
 
 
 def test_report_dir_is_not_replaced_without_overwrite(tmp_path):
@@ -86,6 +101,32 @@ def test_report_dir_is_not_replaced_without_overwrite(tmp_path):
     (tmp_path / "rep" / "r0_gt.png").write_bytes(b"")
     prepare_report_dir(tmp_path / "rep", overwrite=True)
     assert (tmp_path / "rep").is_dir() and not any((tmp_path / "rep").iterdir())
+
+
+class _Texts(HTMLParser):
+    """The text inside the given tags."""
+
+    def __init__(self, tags):
+        super().__init__()
+        self.tags, self.open, self.found = set(tags), [], []
+
+    def handle_starttag(self, tag, attrs):
+        if tag in self.tags:
+            self.open.append("")
+
+    def handle_endtag(self, tag):
+        if tag in self.tags and self.open:
+            self.found.append(self.open.pop())
+
+    def handle_data(self, data):
+        if self.open:
+            self.open[-1] += data
+
+
+def _texts(page: str, tags) -> list[str]:
+    parser = _Texts(tags)
+    parser.feed(page)
+    return parser.found
 
 
 def _chromium() -> str | None:
@@ -108,6 +149,7 @@ def test_report_renders_in_headless_chromium(tmp_path):
     std = write_image(tmp_path / "std.zarr", samples.std(axis=0), meta)
     model = tmp_path / "model"
     model.mkdir()
+    (model / "model.json").write_text('{"weights_sha256": "0123456789abcdef0123"}')
     (model / "metrics.csv").write_text(
         "epoch,loss,val_mae\n"
         + "".join(f"{e},{1 / (e + 1):.4f},{0.3 / (e + 1):.4f}\n" for e in range(6))
@@ -124,13 +166,28 @@ def test_report_renders_in_headless_chromium(tmp_path):
         entropy=std,
         samples=sample_dir,
         model_dir=model,
+        gaussian_oracle=True,
     )
     page = (out / "index.html").read_text()
     assert result.report == out / "index.html"
-    for needed in ("not computed", "Samples curve", "Training curves", "★", "line profile"):
-        assert needed in page
+    for needed in (
+        "not computed",
+        "Samples curve",
+        "Training curves",
+        "★",
+        "line profile",
+        "Gaussian, best sigma per image (uses the ground truth)",
+        "model “model”, weights sha256 0123456789ab",
+        "high.zarr",
+    ):
+        assert needed in page, needed
     sources = re.findall(r'<img src="([^"]+)"', page)
-    assert len(sources) >= 3 * 5 and all((out / s).is_file() for s in sources)
+    assert len(sources) == 3 * 4 + 3 + 2 and all((out / s).is_file() for s in sources)
+    # no path of this machine: not the test's directory, no site-packages, no rooted path
+    assert str(tmp_path) not in page and "site-packages" not in page
+    assert not re.search(r"(?<![<\w.])/(?:[\w.-]+/)+[\w.-]+", page), re.findall(r"\S*/\S*", page)
+    headers = _texts(page, ("h1", "h2", "h3", "th", "dt", "figcaption"))
+    assert headers and not [h for h in headers if "_" in h], headers
     chromium = _chromium()
     if chromium is None:
         pytest.skip("chromium not installed (apt-get install -y chromium)")

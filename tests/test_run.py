@@ -108,7 +108,8 @@ def test_outputs_are_valid_multiscale_images(noisy_nuclei, reference):
         assert image.level_shapes == ((4, 112, 96), (4, 56, 48), (4, 28, 24))
         levels, _ = read_with_ome_zarr_py(reference / name)
         level1 = levels[0].astype(np.float64).reshape(4, 56, 2, 48, 2).mean(axis=(2, 4))
-        np.testing.assert_allclose(levels[1], level1, rtol=1e-5, atol=1e-3)
+        rounded = np.issubdtype(levels[1].dtype, np.integer)  # the mean keeps the input's uint16
+        np.testing.assert_allclose(levels[1], level1, rtol=1e-5, atol=0.5 if rounded else 1e-3)
         data = levels[0]
         assert np.isfinite(data).all() and data.std() > 0
     std = open_image(reference / "std").data.compute()
@@ -297,7 +298,9 @@ def test_more_gpus_than_visible_are_refused_before_anything_is_written(
 def test_saved_samples_average_to_the_mean_and_tile_defaults_to_twice_the_training_patch(
     noisy_nuclei, model, tmp_path
 ):
-    settings = run_settings(samples=3, steps=2, batch=4, chunk=64, save_samples=True)
+    settings = run_settings(
+        samples=3, steps=2, batch=4, chunk=64, save_samples=True, dtype="float32"
+    )
     out = tmp_path / "s.zarr"
     result = restore(noisy_nuclei, out, model=model, settings=settings)
     assert (

@@ -1,4 +1,4 @@
-"""``bigrestore convert``: TIFF / OME-TIFF to multiscale OME-Zarr."""
+"""``bigrestore convert``: TIFF, OME-TIFF, CZI, ND2 and LIF to multiscale OME-Zarr."""
 
 from __future__ import annotations
 
@@ -10,7 +10,11 @@ import click
 @click.command("convert")
 @click.argument("source", type=click.Path(path_type=Path))
 @click.argument("destination", type=click.Path(path_type=Path))
-@click.option("--axes", help="Axes of the TIFF when its metadata has none, e.g. 'zyx', 'tcyx'.")
+@click.option("--axes", help="Axes of a TIFF when its metadata has none, e.g. 'zyx', 'tcyx'.")
+@click.option(
+    "--scene",
+    help="Scene of a multi-scene CZI / ND2 / LIF / OME-TIFF file: index or name [default: 0].",
+)
 @click.option(
     "--pixel-size",
     "pixel_size",
@@ -35,38 +39,49 @@ def command(
     source: Path,
     destination: Path,
     axes: str | None,
+    scene: str | None,
     pixel_size: tuple[str, ...],
     ngff_version: str,
     chunk: int,
     overwrite: bool,
 ) -> None:
-    """Convert a TIFF / OME-TIFF (2D, 3D, time-lapse, multichannel) to multiscale OME-Zarr.
+    """Convert a microscope file (2D, 3D, time-lapse, multichannel) to multiscale OME-Zarr.
 
-    The TIFF is read page by page, so files larger than memory convert. Axes and pixel sizes
-    are taken from OME-XML or ImageJ metadata when present.
+    TIFF and ImageJ TIFF are read with tifffile page by page; Zeiss CZI, Nikon ND2, Leica LIF
+    and OME-TIFF through bioio plane by plane (pip install 'bigrestore[formats]'), so files
+    larger than memory convert. Axes, pixel sizes and channel names come from the file's
+    metadata when present.
 
     \b
-    Example:
+    Examples:
       bigrestore convert nuclei.tif nuclei.zarr --axes zyx --pixel-size z=0.29 \\
           --pixel-size y=0.26 --pixel-size x=0.26
+      bigrestore convert slide.czi slide.zarr --scene 1
     """
-    from bigrestore.io.convert import convert_tiff
+    from bigrestore.io.convert import convert_image
 
     if chunk < 1:
         raise click.BadParameter(
             f"expected a positive chunk size, found {chunk}", param_hint="--chunk"
         )
     sizes = parse_pixel_sizes(pixel_size)
-    out = convert_tiff(
+    done = convert_image(
         source,
         destination,
         axes=axes,
+        scene=scene,
         ngff_version=ngff_version,
         chunks=chunk,
         overwrite=overwrite,
         pixel_size=sizes,
     )
-    click.echo(f"wrote {out}")
+    if len(done.scenes) > 1:
+        others = ", ".join(f"{i} ({n})" for i, n in enumerate(done.scenes) if i != done.scene)
+        click.echo(
+            f"scene {done.scene} ({done.scenes[done.scene]}) of {len(done.scenes)}; "
+            f"the others with --scene: {others}"
+        )
+    click.echo(f"wrote {done.path}")
 
 
 def parse_pixel_sizes(items: tuple[str, ...]) -> dict[str, float]:

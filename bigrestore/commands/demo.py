@@ -140,8 +140,14 @@ def restore_sample(
     from bigrestore.run.settings import run_settings
 
     steps_or_all = None if sampler == "ancestral" else steps
+    # the samples are kept (restored.zarr/samples/NN.zarr) for the report's samples curve
     settings = run_settings(
-        samples=samples, sampler=sampler, steps=steps_or_all, chunk=256, batch=16
+        samples=samples,
+        sampler=sampler,
+        steps=steps_or_all,
+        chunk=256,
+        batch=16,
+        save_samples=True,
     )
     # one block of 256²: its worker gets all the cores (the output then depends on their count)
     cluster = cluster_spec(
@@ -168,6 +174,9 @@ def restore_sample(
 
 
 def evaluate_sample(out: Path, low: Path, high: Path, restored: Path, model: Path) -> Path:
+    """Score the restoration against the ground truth beside the raw input and the strongest
+    Gaussian filter (its sigma chosen per image with the ground truth: the sample is a single
+    image, so no planes are left to tune on), with the samples curve; write the report."""
     from bigrestore.commands.evaluate import format_table
     from bigrestore.evaluate.scoring import evaluate
 
@@ -181,7 +190,9 @@ def evaluate_sample(out: Path, low: Path, high: Path, restored: Path, model: Pat
         report_dir=report,
         std=restored / "std",
         entropy=restored / "entropy",
+        samples=restored / "samples" if (restored / "samples").is_dir() else None,
         model_dir=model,
+        gaussian_oracle=True,
     )
     evaluation.write_csv(out / "metrics.csv")
     evaluation.write_json(out / "metrics.json")

@@ -44,3 +44,13 @@ def with_options(options: list[Any]) -> Any:
         return function
 
     return decorate
+
+
+def option_name(decorator: Any) -> str:
+    """The parameter name of a ``click.option`` decorator (to share options between commands)."""
+
+    def probe() -> None:
+        """Only carries the option."""
+
+    decorator(probe)
+    return probe.__click_params__[-1].name  # type: ignore[attr-defined]

@@ -59,8 +59,8 @@ def command(input_path: Path, **opts: Any) -> None:
       bigrestore plan slide.zarr --samples 8 --steps 50
       bigrestore plan slide.zarr --gpus 4 --json
     """
-    from bigrestore.run.cluster import cluster_spec
-    from bigrestore.run.estimate import calibrate, estimate, scheduler_workers
+    from bigrestore.run.cluster import cluster_spec, usable_cores
+    from bigrestore.run.estimate import calibrate, estimate
     from bigrestore.run.plan import make_plan
     from bigrestore.run.settings import default_output, run_settings
 
@@ -78,10 +78,11 @@ def command(input_path: Path, **opts: Any) -> None:
         input_path, output, opts["model"], settings, channels, opts["series"], device,
         cluster.torch_threads(), allow_missing_chunks=True, statistics=False,
     )  # fmt: skip
-    workers = scheduler_workers(cluster.scheduler) if cluster.scheduler else cluster.workers
-    calls = opts["calibration_calls"]
-    calibration = calibrate(plan, device, cluster.torch_threads(), calls) if calls else None
-    figures = estimate(plan, output, int(workers or 1), calibration).to_dict()
+    workers = scheduler_workers(cluster.scheduler) if cluster.scheduler else cluster.workers or 1
+    local = 1 if cluster.gpus or cluster.scheduler else min(workers, usable_cores())
+    calls, threads = opts["calibration_calls"], cluster.torch_threads()
+    calibration = calibrate(plan, device, threads, calls, local) if calls else None
+    figures = estimate(plan, output, workers, calibration)
     figures.update(
         input=str(input_path),
         output=str(output),
@@ -94,6 +95,14 @@ def command(input_path: Path, **opts: Any) -> None:
         plan_seconds=round(time.perf_counter() - started, 2),
     )
     click.echo(json.dumps(figures, indent=2) if opts["as_json"] else "\n".join(lines(figures)))
+
+
+def scheduler_workers(address: str) -> int:
+    """Workers of a running Dask cluster (``--scheduler``)."""
+    from bigrestore.run.cluster import ClusterSpec, open_client, worker_count
+
+    with open_client(ClusterSpec(scheduler=address)) as client:
+        return worker_count(client)
 
 
 def human_bytes(n: float) -> str:
@@ -137,7 +146,9 @@ def lines(f: dict[str, Any]) -> list[str]:
         f"  disk                 {human_bytes(disk['free'])} free at {disk['where']}: {fits}",
     ]
     memory = f["memory_per_worker"]
-    parts = ", ".join(f"{k.replace('_', ' ')} {human_bytes(v)}" for k, v in memory.items() if v)
+    parts = ", ".join(
+        f"{k.replace('_', ' ')} {human_bytes(v)}" for k, v in memory.items() if v and k != "peak"
+    )
     out.append(f"  memory per worker    ~{human_bytes(memory['peak'])} peak ({parts})")
     cal = f["calibration"]
     if cal is None:
@@ -149,8 +160,8 @@ def lines(f: dict[str, Any]) -> list[str]:
         f"{cal['device']} worker(s) (start {sec['startup']:.0f} s, compute "
         f"{human_seconds(sec['compute'])}, pyramids {human_seconds(sec['finish'])})",
         f"  calibration          {cal['seconds_per_call'] * 1000:.0f} ms per call of "
-        f"{cal['batch']} x {cal['tile']}² ({cal['precision']}, {cal['threads']} thread(s), "
-        f"{cal['calls']} calls timed on this machine)",
+        f"{cal['batch']} x {cal['tile']}² ({cal['precision']}, {cal['threads']} thread(s); "
+        f"{cal['calls']} calls timed in {cal['processes']} process(es) at once on this machine)",
         f"  planned in           {f['plan_seconds']:.1f} s",
     ]
     return out

@@ -68,18 +68,20 @@ OPTIONS = [
     option(
         "--dtype",
         section=IO,
-        type=click.Choice(["float32", "uint16", "uint8"]),
-        default="float32",
+        type=click.Choice(["auto", "float32", "uint16", "uint8"]),
+        default="auto",
         show_default=True,
-        help="dtype of the mean (clipped; count reported). std/entropy stay float32.",
+        help="dtype of the mean: auto = the input's (uint8/uint16), else float32. Clipped pixels are "
+        "counted and reported. std/entropy stay float32.",
     ),
     option(
         "--output-scale",
         section=IO,
-        type=click.Choice(["target", "input"]),
-        default="target",
+        type=click.Choice(["input", "target"]),
+        default="input",
         show_default=True,
-        help="Map the mean back to the model's target intensities, or to the input's.",
+        help="input: the input's intensity units, brightness preserved (a fit on a few restored tiles); "
+        "target: the model's training target levels.",
     ),
     option(
         "--samples",
@@ -111,6 +113,15 @@ OPTIONS = [
         default=1.0,
         show_default=True,
         help="DDIM stochasticity: 1 = DDPM posterior noise (robust), 0 = deterministic.",
+    ),
+    option(
+        "--coverage",
+        section=SAMPLING,
+        type=click.Choice(["0.8", "0.9", "0.95"]),
+        default="0.9",
+        show_default=True,
+        help="Level of the calibrated interval OUTPUT/lower, OUTPUT/upper (written when the model carries a "
+        "calibration for these settings: bigrestore calibrate).",
     ),
     option(
         "--seed",
@@ -175,6 +186,14 @@ OPTIONS = [
         help="Clip each predicted clean image to the model's [-1, 1] range while sampling.",
     ),
     option(
+        "--clip-bound",
+        section=ADVANCED,
+        type=float,
+        default=1.0,
+        show_default=True,
+        help="With --clip: the bound in model space (each image's 1st/99.8th percentiles are -1/+1).",
+    ),
+    option(
         "--tile",
         section=ADVANCED,
         type=int,
@@ -191,9 +210,10 @@ OPTIONS = [
     option(
         "--batch",
         section=ADVANCED,
-        default=8,
-        show_default=True,
-        help="Network batch size (tiles x samples) per call.",
+        type=int,
+        default=None,
+        help="Network batch (tiles x samples per call) [default: 8 on CPUs; on a GPU the largest that fits, "
+        "measured once per worker].",
     ),
     option(
         "--chunk",
@@ -254,6 +274,7 @@ def command(input_path: Path, **opts: Any) -> None:
         eta=opts["eta"],
         spacing=opts["spacing"],
         clip_x0=opts["clip_x0"],
+        clip_bound=opts["clip_bound"],
         tile=opts["tile"],
         overlap=opts["overlap"],
         seed=opts["seed"],
@@ -263,6 +284,7 @@ def command(input_path: Path, **opts: Any) -> None:
         chunk=opts["chunk"],
         save_samples=opts["save_samples"],
         precision=opts["precision"],
+        coverage=float(opts["coverage"]),
     )
     cluster = cluster_spec(
         gpus=opts["gpus"],

@@ -1,92 +1,43 @@
-"""The figures of the evaluation report, without a plotting library: PNGs, colour maps, charts.
+"""The figures of the evaluation report, drawn with matplotlib.
 
-One region figure shows a crop of every method beside the GT: intensities, pred - GT
-difference maps, a line profile through the crop, and the std / entropy uncertainty maps.
+One region shows a crop of every method beside the ground truth: intensities on one shared
+grey window, prediction − ground truth difference maps (blue under, red over, white at 0, a
+symmetric range, as in the paper's Fig. 1D), a line profile through the crop, and the std /
+entropy uncertainty maps (inferno). Curves (line profiles, the samples curve, training
+curves) are line charts. Every figure is a PNG next to index.html.
 
-bigrestore has no plotting dependency (no matplotlib, no Pillow): a figure library would be a
-large install for a handful of pictures. So images are written by a minimal PNG encoder
-(zlib + struct: 8-bit RGB, filter 0), colour maps are small anchor tables interpolated in
-numpy, and curves (line profiles, training curves, the samples curve) are inline SVG that any
-browser draws. Charts and colour bars are HTML/SVG fragments styled by the report's CSS
-(classes chart, ct, grid, axis, bar, barlab).
-
-Colour maps: grey for intensities; a diverging blue-white-red map for pred - GT (blue: under,
-red: over, white at 0, symmetric range, as in the paper's Fig. 1D); an inferno-like
-perceptual map (black-purple-orange-yellow) for the std and entropy uncertainty maps.
+matplotlib is used through its object API on the Agg canvas (``Figure`` +
+``FigureCanvasAgg``): no pyplot state and no backend is set globally, so importing this module
+(or the report) changes nothing for a caller who also plots.
 """
 
 from __future__ import annotations
 
 import html
 import math
-import re
-import struct
-import zlib
+import textwrap
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from bigrestore.errors import BadInputError, describe
-
-GREY = ((0, 0, 0), (255, 255, 255))
-DIVERGING = (
-    (33, 102, 172),
-    (103, 169, 207),
-    (209, 229, 240),
-    (255, 255, 255),
-    (253, 219, 199),
-    (239, 138, 98),
-    (178, 24, 43),
-)
-INFERNO_LIKE = (
-    (0, 0, 4),
-    (40, 11, 84),
-    (101, 21, 110),
-    (159, 42, 99),
-    (212, 72, 66),
-    (245, 125, 21),
-    (250, 193, 39),
-    (252, 255, 164),
-)
 PALETTE = ("#0072b2", "#d55e00", "#009e73", "#cc79a7", "#e69f00", "#56b4e9", "#7f3c8d", "#999933")
+REFERENCE_COLOR = "#000000"
+DPI = 100
+#: Display names of the methods bigrestore names itself (user-named predictions are kept).
+METHOD_LABELS = {
+    "raw": "raw input",
+    "gaussian": "Gaussian filter, tuned sigma",
+    "gaussian-oracle": "Gaussian, best sigma per image (uses the ground truth)",
+    "gt": "ground truth",
+}
 
 
-# ----------------------------------------------------------------------------- pixels
-
-
-def colorize(
-    values: np.ndarray, lo: float, hi: float, anchors: Sequence[tuple[int, int, int]]
-) -> np.ndarray:
-    """Map float (y, x) values linearly from [lo, hi] (clipped) onto ``anchors``: uint8 (y, x, 3)."""
-    t = np.clip((np.asarray(values, dtype=np.float64) - lo) / (hi - lo if hi > lo else 1.0), 0, 1)
-    t = np.nan_to_num(t, nan=0.0)
-    stops = np.linspace(0.0, 1.0, len(anchors))
-    table = np.asarray(anchors, dtype=np.float64)
-    rgb = [np.interp(t, stops, table[:, k]) for k in range(3)]
-    return np.stack(rgb, axis=-1).round().astype(np.uint8)
-
-
-def png_bytes(rgb: np.ndarray) -> bytes:
-    """Encode uint8 (y, x, 3) as a PNG: signature, IHDR, one zlib IDAT (filter 0 rows), IEND."""
-    rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
-    if rgb.ndim != 3 or rgb.shape[2] != 3:
-        raise BadInputError(describe("png", "shape", "(y, x, 3) uint8", rgb.shape))
-    h, w = rgb.shape[:2]
-    rows = np.concatenate([np.zeros((h, 1), np.uint8), rgb.reshape(h, 3 * w)], axis=1)
-
-    def chunk(tag: bytes, data: bytes) -> bytes:
-        crc = zlib.crc32(tag + data) & 0xFFFFFFFF
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", crc)
-
-    header = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)  # 8 bit, truecolour, no interlace
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(rows.tobytes(), 6))
-        + chunk(b"IEND", b"")
-    )
+def method_label(name: str) -> str:
+    """What the report calls a method: a readable name, never an identifier."""
+    return METHOD_LABELS.get(name, name)
 
 
 def fmt_number(v: float) -> str:
@@ -94,29 +45,9 @@ def fmt_number(v: float) -> str:
     return f"{v:.4g}" if math.isfinite(v) else "–"
 
 
-def colour_bar(anchors: Sequence[tuple[int, int, int]], lo: float, hi: float, mid: str = "") -> str:
-    """HTML colour bar of a colour map (a CSS gradient) labelled lo, ``mid``, hi."""
-    stops = [f"rgb{tuple(a)} {100 * i / (len(anchors) - 1):.0f}%" for i, a in enumerate(anchors)]
-    gradient = "linear-gradient(to right, " + ", ".join(stops) + ")"
-    return (
-        f'<div class="bar" style="background:{gradient}"></div><div class="barlab">'
-        f"<span>{fmt_number(lo)}</span><span>{mid}</span><span>{fmt_number(hi)}</span></div>"
-    )
-
-
-# ----------------------------------------------------------------------------- SVG charts
-
-
-def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
-    """About ``n`` round tick values (1, 2, 5 x 10^k steps); the first <= lo, the last >= hi."""
-    if not hi > lo:
-        lo, hi = lo - 0.5, hi + 0.5
-    raw = (hi - lo) / n
-    mag = 10 ** math.floor(math.log10(raw))
-    step = next(m * mag for m in (1, 2, 5, 10) if m * mag >= raw)
-    first = math.floor(lo / step + 1e-9)
-    last = math.ceil(hi / step - 1e-9)
-    return [k * step for k in range(first, last + 1)]
+def html_row(items: Iterable[str]) -> str:
+    """Items side by side (wrapping)."""
+    return '<div class="row">' + "".join(items) + "</div>"
 
 
 def _finite(v: float | str | None) -> bool:
@@ -124,81 +55,126 @@ def _finite(v: float | str | None) -> bool:
     return v is not None and math.isfinite(float(v))
 
 
-def line_chart(
+# ----------------------------------------------------------------------------- matplotlib
+
+
+def new_figure(width: float, height: float) -> Any:
+    """A matplotlib Figure (inches) on the Agg canvas, outside pyplot's global state."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def save_png(figure: Any, directory: Path, name: str, alt: str) -> str:
+    """Write ``figure`` as directory/name (the whole figure: legends and labels included)
+    and return its <figure> element."""
+    figure.savefig(directory / name, dpi=DPI, bbox_inches="tight", pad_inches=0.08)
+    return (
+        f'<figure><img src="{html.escape(name)}" alt="{html.escape(alt)}">'
+        f"<figcaption>{html.escape(alt)}</figcaption></figure>"
+    )
+
+
+def _wrap(text: str, width: int = 26) -> str:
+    return "\n".join(textwrap.wrap(text, width)) or text
+
+
+def line_figure(
     series: Sequence[tuple[str, Sequence[float | None], Sequence[float | None]]],
     title: str,
     xlabel: str,
     ylabel: str,
-    width: int = 540,
-    height: int = 270,
     colors: Sequence[str] | None = None,
-) -> str:
-    """An inline SVG line chart; ``series`` = (label, xs, ys); None and non-finite points are dropped."""
+    xlim: tuple[float, float] | None = None,
+    size: tuple[float, float] = (6.4, 3.2),
+    integer_x: bool = False,
+) -> Any:
+    """A line chart: one line per (label, xs, ys); None and non-finite points are dropped.
+    The legend sits below the axes, every label in full; ``xlim`` fixes the x range;
+    ``integer_x`` puts ticks on whole numbers only (counts such as k samples)."""
     colors = colors or PALETTE
-    clean = [
-        (
-            label,
-            [
-                (float(x), float(y))
-                for x, y in zip(xs, ys, strict=True)
-                if _finite(x) and _finite(y)
-            ],
-        )
-        for label, xs, ys in series
-    ]
-    points = [p for _, pts in clean for p in pts]
-    left, right, top, bottom = 64, 150, 30, 44
-    out = [
-        f'<svg class="chart" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-        f'viewBox="0 0 {width} {height}" role="img"><title>{html.escape(title)}</title>',
-        f'<rect width="{width}" height="{height}" fill="#fff"/>',
-        f'<text x="{left}" y="18" class="ct">{html.escape(title)}</text>',
-    ]
-    if not points:
-        out.append(f'<text x="{left}" y="{height // 2}">no finite values</text></svg>')
-        return "".join(out)
-    xt = _ticks(min(p[0] for p in points), max(p[0] for p in points))
-    yt = _ticks(min(p[1] for p in points), max(p[1] for p in points))
-    x0, x1, y0, y1 = min(xt), max(xt), min(yt), max(yt)
-    pw, ph = width - left - right, height - top - bottom
+    figure = new_figure(*size)
+    ax = figure.add_subplot()
+    plotted = 0
+    for k, (label, xs, ys) in enumerate(series):
+        points = [
+            (float(x), float(y)) for x, y in zip(xs, ys, strict=True) if _finite(x) and _finite(y)
+        ]
+        if not points:
+            continue
+        x, y = zip(*points, strict=True)
+        marker = "o" if len(points) <= 40 else None
+        ax.plot(x, y, color=colors[k % len(colors)], lw=1.6, marker=marker, ms=3, label=label)
+        plotted += 1
+    if not plotted:
+        ax.text(0.5, 0.5, "no finite values", ha="center", va="center", transform=ax.transAxes)
+    ax.set_title(title, fontsize=11, loc="left")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, color="#e6e6e6", lw=0.8)
+    if xlim is not None:
+        ax.set_xlim(*xlim)
+    if integer_x:
+        from matplotlib.ticker import MaxNLocator
 
-    def sx(v: float) -> float:
-        return left + (v - x0) / ((x1 - x0) or 1) * pw
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if plotted > 1:
+        ax.legend(
+            loc="upper center",
+            bbox_to_anchor=(0.5, -0.22),
+            ncol=min(plotted, 3),
+            frameon=False,
+            fontsize=9,
+        )
+    return figure
 
-    def sy(v: float) -> float:
-        return top + ph - (v - y0) / ((y1 - y0) or 1) * ph
 
-    for t in yt:
-        out.append(
-            f'<line x1="{left}" x2="{left + pw}" y1="{sy(t):.1f}" y2="{sy(t):.1f}" class="grid"/>'
-            f'<text x="{left - 6}" y="{sy(t) + 4:.1f}" text-anchor="end">{fmt_number(t)}</text>'
+def line_chart(
+    directory: Path,
+    name: str,
+    series: Sequence[tuple[str, Sequence[float | None], Sequence[float | None]]],
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    **options: Any,
+) -> str:
+    """:func:`line_figure` written as directory/name; returns its <figure> element."""
+    return save_png(line_figure(series, title, xlabel, ylabel, **options), directory, name, title)
+
+
+def image_figure(
+    panels: Sequence[tuple[str, np.ndarray]],
+    cmap: str,
+    window: tuple[float, float] | None,
+    bar_label: str | Sequence[str],
+    profile_row: int | None = None,
+) -> Any:
+    """Images side by side, titled, with one colour bar (``window`` shared) or one each
+    (``window`` None: each panel's own min-max, ``bar_label`` one label per panel);
+    ``profile_row`` draws the profile's row."""
+    n = len(panels)
+    figure = new_figure(2.7 * n + (0.6 if window else 0.9 * n), 3.2)
+    axes = figure.subplots(1, n, squeeze=False)[0]
+    shown = None
+    labels = [bar_label] * n if isinstance(bar_label, str) else list(bar_label)
+    for ax, (title, values), label in zip(axes, panels, labels, strict=True):
+        lo, hi = window if window else (float(np.nanmin(values)), float(np.nanmax(values)))
+        shown = ax.imshow(
+            values, cmap=cmap, vmin=lo, vmax=hi if hi > lo else lo + 1, interpolation="nearest"
         )
-    for t in xt:
-        out.append(
-            f'<text x="{sx(t):.1f}" y="{top + ph + 16}" text-anchor="middle">{fmt_number(t)}</text>'
-        )
-    out.append(
-        f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" class="axis"/>'
-        f'<text x="{left + pw / 2:.0f}" y="{height - 8}" text-anchor="middle">{html.escape(xlabel)}</text>'
-        f'<text transform="translate(14 {top + ph / 2:.0f}) rotate(-90)" text-anchor="middle">'
-        f"{html.escape(ylabel)}</text>"
-    )
-    for k, (label, pts) in enumerate(clean):
-        color = colors[k % len(colors)]
-        path = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in pts)
-        out.append(f'<polyline points="{path}" fill="none" stroke="{color}" stroke-width="1.8"/>')
-        if len(pts) <= 40:
-            out += [
-                f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="2.5" fill="{color}"/>'
-                for x, y in pts
-            ]
-        ly = top + 10 + 18 * k
-        out.append(
-            f'<line x1="{left + pw + 12}" x2="{left + pw + 32}" y1="{ly}" y2="{ly}" '
-            f'stroke="{color}" stroke-width="3"/><text x="{left + pw + 38}" y="{ly + 4}">'
-            f"{html.escape(label[:16])}</text>"
-        )
-    return "".join(out) + "</svg>"
+        ax.set_title(_wrap(title), fontsize=10)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if profile_row is not None:
+            ax.axhline(profile_row, color="#ffd400", lw=1.0, ls="--")
+        if window is None:
+            figure.colorbar(shown, ax=ax, shrink=0.8, label=label)
+    if window is not None and shown is not None:
+        figure.colorbar(shown, ax=list(axes), shrink=0.8, label=labels[0])
+    return figure
 
 
 # ----------------------------------------------------------------------------- regions
@@ -240,132 +216,78 @@ def region_figure(
     images = {name: values[window] for name, values in compared.items()}
     images["gt"] = gt[window]
     extra = {k: values[window] for k, values in maps.items()}
-    title = f"plane {plane} ({label}), y {y}-{y + size}, x {x}-{x + size}"
+    title = f"plane {plane} ({label}), y {y}–{y + size}, x {x}–{x + size}"
     return RegionFigure(
         title, images, "gt", size // 2, y, x, extra.get("std"), extra.get("entropy")
     )
 
 
-def _slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_-]+", "_", name)
-
-
-def html_row(items: Iterable[str]) -> str:
-    """Items side by side (wrapping)."""
-    return '<div class="row">' + "".join(items) + "</div>"
-
-
-def _image(
-    directory: Path,
-    name: str,
-    rgb: np.ndarray,
-    caption: str,
-    row: int | None = None,
-    extra: str = "",
-) -> str:
-    """Write ``rgb`` as directory/name and return its <figure>; ``row``: dashed profile line."""
-    (directory / name).write_bytes(png_bytes(rgb))
-    line = (
-        f'<span class="pline" style="top:{100 * (row + 0.5) / rgb.shape[0]:.2f}%"></span>'
-        if row is not None
-        else ""
+def profile_figure(fig: RegionFigure) -> Any:
+    """The line profile of a region: every method and the GT (black) along the profile row;
+    the x axis spans exactly the profile (first to last pixel)."""
+    names = list(fig.images)
+    colors = [
+        REFERENCE_COLOR if n == fig.reference else PALETTE[j % len(PALETTE)]
+        for j, n in enumerate(names)
+    ]
+    width = fig.images[fig.reference].shape[1]
+    xs = list(range(fig.x0, fig.x0 + width))
+    series = [(method_label(n), xs, fig.images[n][fig.profile_row].tolist()) for n in names]
+    return line_figure(
+        series,
+        f"line profile, y = {fig.y0 + fig.profile_row}",
+        "x (pixels)",
+        "intensity (compared scale)",
+        colors=colors,
+        xlim=(fig.x0, fig.x0 + width - 1),
+        size=(8.0, 3.4),
     )
-    return (
-        f'<figure><div class="frame"><img src="{name}" alt="{html.escape(caption)}">{line}</div>'
-        f"<figcaption>{html.escape(caption)}</figcaption>{extra}</figure>"
-    )
-
-
-def _mapped(
-    directory: Path,
-    name: str,
-    values: np.ndarray,
-    lo: float,
-    hi: float,
-    anchors: Sequence[tuple[int, int, int]],
-    caption: str,
-    mid: str = "",
-) -> str:
-    """A colour-mapped (y, x) image with its colour bar."""
-    rgb = colorize(values, lo, hi, anchors)
-    return _image(directory, name, rgb, caption, extra=colour_bar(anchors, lo, hi, mid))
 
 
 def region_html(k: int, fig: RegionFigure, directory: Path) -> str:
-    """Region ``k`` of the report: intensities, pred - GT maps, line profile, uncertainty maps.
+    """Region ``k`` of the report: intensities, difference maps, line profile, uncertainty.
 
-    Writes its PNGs (r{k}_*.png) into ``directory``; returns the HTML section.
-    """
+    Writes its PNGs (r{k}_*.png) into ``directory``; returns the HTML section."""
     ref = fig.images[fig.reference]
     lo, hi = (float(v) for v in np.percentile(ref, [0.5, 99.5]))
     hi = hi if hi > lo else lo + 1.0
+    panels = [(method_label(n), img) for n, img in fig.images.items()]
+    row = fig.y0 + fig.profile_row
     parts = [
         f"<h3>{html.escape(fig.title)}</h3>",
-        f"<p><small>grey window {fmt_number(lo)} – {fmt_number(hi)} (GT 0.5–99.5 percentiles, "
-        f"shared by all images); dashed line: the profile row y = {fig.y0 + fig.profile_row}"
-        "</small></p>",
-        html_row(
-            _image(
-                directory, f"r{k}_{_slug(n)}.png", colorize(img, lo, hi, GREY), n, fig.profile_row
-            )
-            for n, img in fig.images.items()
+        f"<p><small>Grey window {fmt_number(lo)} – {fmt_number(hi)} (ground truth 0.5–99.5 "
+        f"percentiles, shared by all images); dashed line: the profile row y = {row}.</small></p>",
+        save_png(
+            image_figure(panels, "gray", (lo, hi), "intensity (compared scale)", fig.profile_row),
+            directory,
+            f"r{k}_intensity.png",
+            "intensities",
         ),
     ]
-    diffs = {n: img - ref for n, img in fig.images.items() if n != fig.reference}
+    diffs = [(method_label(n), img - ref) for n, img in fig.images.items() if n != fig.reference]
     if diffs:
-        m = max(float(np.percentile(np.abs(d), 99.5)) for d in diffs.values()) or 1e-12
+        m = max(float(np.percentile(np.abs(d), 99.5)) for _, d in diffs) or 1e-12
         parts.append(
-            f"<p><small>difference to GT (pred − GT): blue under, red over, white 0, "
-            f"range ±{fmt_number(m)}</small></p>"
-        )
-        parts.append(
-            html_row(
-                _mapped(
-                    directory,
-                    f"r{k}_diff_{_slug(n)}.png",
-                    d,
-                    -m,
-                    m,
-                    DIVERGING,
-                    f"{n} − {fig.reference}",
-                    "0",
-                )
-                for n, d in diffs.items()
-            )
-        )
-    names = list(fig.images)
-    colors = [
-        ("#000000" if n == fig.reference else PALETTE[j % len(PALETTE)])
-        for j, n in enumerate(names)
-    ]
-    xs = list(range(fig.x0, fig.x0 + ref.shape[1]))
-    profile = [(n, xs, fig.images[n][fig.profile_row].tolist()) for n in names]
-    parts.append(
-        line_chart(
-            profile,
-            f"line profile, y = {fig.y0 + fig.profile_row}",
-            "x (px)",
-            "intensity (compared scale)",
-            width=760,
-            colors=colors,
-        )
-    )
-    maps = [(n, v) for n, v in (("std", fig.std), ("entropy", fig.entropy)) if v is not None]
-    if maps:
-        figures = [
-            _mapped(
+            save_png(
+                image_figure(diffs, "RdBu_r", (-m, m), "prediction − ground truth"),
                 directory,
-                f"r{k}_{n}.png",
-                v,
-                float(np.nanmin(v)),
-                float(np.nanmax(v)),
-                INFERNO_LIKE,
-                f"{n} (as stored)",
+                f"r{k}_difference.png",
+                f"difference to the ground truth: blue under, red over, white 0, range ±{fmt_number(m)}",
             )
-            for n, v in maps
-        ]
+        )
+    parts.append(save_png(profile_figure(fig), directory, f"r{k}_profile.png", "line profile"))
+    maps = [
+        (t, v)
+        for t, v in (("pixel std (Eq. 15)", fig.std), ("entropy, bits (Eq. 16)", fig.entropy))
+        if v is not None
+    ]
+    if maps:
         parts.append(
-            "<p><small>uncertainty of the samples: pixel std (Eq. 15) and entropy "
-            "(Eq. 16)</small></p>" + html_row(figures)
+            save_png(
+                image_figure(maps, "inferno", None, "as stored"),
+                directory,
+                f"r{k}_uncertainty.png",
+                "uncertainty of the samples: pixel std and entropy",
+            )
         )
     return "\n".join(parts)

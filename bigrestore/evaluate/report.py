@@ -4,20 +4,31 @@ The page shows the metric table (best median per metric starred), the settings, 
 per region (intensities, pred - GT difference maps, a line profile, the std / entropy
 uncertainty maps), the samples curve (the paper's Fig. S1) and the training curves. Pictures
 come from :mod:`bigrestore.evaluate.figures`; the page is static: no scripts, no network.
+It names inputs by their store names (``restored.zarr/mean``) and the model by its name and
+weights hash, never by a path of the machine it was made on.
 """
 
 from __future__ import annotations
 
 import csv
 import html
+import json
 import math
 import shutil
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import bigrestore
 from bigrestore.errors import BadInputError, CannotCreateOutputError, MissingInputError, describe
-from bigrestore.evaluate.figures import RegionFigure, fmt_number, html_row, line_chart, region_html
+from bigrestore.evaluate.figures import (
+    RegionFigure,
+    fmt_number,
+    html_row,
+    line_chart,
+    method_label,
+    region_html,
+)
 
 _ARROWS = {
     "psnr": "↑",
@@ -40,6 +51,19 @@ _METRIC_ORDER = (
     "resolution_ratio",
 )
 _SAMPLES_CURVE_METRICS = ("psnr", "mse", "ssim")
+#: Column headers of the metrics: what a reader calls them (resolution ones get the unit).
+METRIC_NAMES = {
+    "mae": "MAE",
+    "psnr": "PSNR (dB)",
+    "nrmse": "NRMSE",
+    "pearson": "Pearson r",
+    "ssim": "SSIM",
+    "ms_ssim": "MS-SSIM",
+    "mse": "MSE",
+    "resolution_pred": "resolution, prediction",
+    "resolution_gt": "resolution, ground truth",
+    "resolution_ratio": "resolution ratio",
+}
 _MAX_TRAINING_CHARTS = 12
 
 
@@ -87,6 +111,18 @@ def read_training_log(model_dir: str | Path) -> dict[str, Any] | None:
     return {"path": str(path), "x": x_name or "row", "series": series}
 
 
+def model_label(model_dir: str | Path) -> str:
+    """A model by its name and weights hash, not by where it is installed."""
+    directory = Path(model_dir).resolve()
+    bundled = Path(bigrestore.__file__).resolve().parent
+    name = "the bundled model" if bundled in directory.parents else f"model “{directory.name}”"
+    try:
+        digest = json.loads((directory / "model.json").read_text())["weights_sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return name
+    return f"{name}, weights sha256 {str(digest)[:12]}"
+
+
 def prepare_report_dir(directory: Path, overwrite: bool) -> None:
     """Create the report directory; a non-empty one is replaced only with ``overwrite``.
 
@@ -124,14 +160,22 @@ td.m{text-align:left;font-weight:600} td.best{background:#cfeccf;font-weight:700
 small{color:#777} .row{display:flex;flex-wrap:wrap;gap:10px;align-items:flex-start}
 figure{margin:0;background:#fff;border:1px solid #ddd;padding:6px}
 figcaption{font-size:12px;text-align:center;margin-top:4px}
-.frame{position:relative;width:224px;height:224px;background:#000}
-.frame img{width:100%;height:100%;image-rendering:pixelated;display:block}
-.pline{position:absolute;left:0;right:0;height:0;border-top:1px dashed #ffd400}
-.bar{height:10px;width:224px;border:1px solid #999;margin-top:4px}
-.barlab{display:flex;justify-content:space-between;font-size:11px;width:224px}
-svg.chart{background:#fff;border:1px solid #ddd} svg text{font-size:11px;fill:#333}
-svg .ct{font-size:13px;font-weight:600} svg .grid{stroke:#eee} svg .axis{fill:none;stroke:#999}
+figure img{max-width:100%;height:auto;display:block;image-rendering:pixelated}
 """
+
+
+def metric_name(metric: str, unit: str = "") -> str:
+    """A metric's readable name; the resolutions carry their unit."""
+    name = METRIC_NAMES.get(metric, metric.replace("_", " "))
+    return f"{name} ({unit})" if unit and metric in ("resolution_pred", "resolution_gt") else name
+
+
+def display_path(path: str | Path | None) -> str:
+    """A store by its name (``restored.zarr/mean``): the report never shows a machine's path."""
+    if not path:
+        return "–"
+    p = Path(str(path))
+    return "/".join(p.parts[-2:]) if p.parent.suffix == ".zarr" else p.name
 
 
 def _table(result: dict[str, Any]) -> str:
@@ -139,13 +183,11 @@ def _table(result: dict[str, Any]) -> str:
     unit = result["settings"].get("unit", "")
     metrics = [m for m in _METRIC_ORDER if any(m in s for s in summary.values())]
     head = "".join(
-        f"<th>{m}{' (dB)' if m == 'psnr' else ''}{f' ({unit})' if m.startswith('resolution_') and m != 'resolution_ratio' else ''}"
-        f" {_ARROWS.get(m, '')}</th>"
-        for m in metrics
+        f"<th>{html.escape(metric_name(m, unit))} {_ARROWS.get(m, '')}</th>" for m in metrics
     )
     rows = []
     for method in result["methods"]:
-        cells = [f'<td class="m">{html.escape(method)}</td>']
+        cells = [f'<td class="m">{html.escape(method_label(method))}</td>']
         for m in metrics:
             s = summary[method].get(m)
             if s is None:
@@ -164,18 +206,36 @@ def _table(result: dict[str, Any]) -> str:
         rows.append("<tr>" + "".join(cells) + "</tr>")
     n = next(iter(summary.values()), {}).get("psnr", {}).get("n", 0)
     return (
-        f"<table><tr><th>method</th>{head}<th>lpips</th></tr>{''.join(rows)}</table>"
-        f"<p><small>median over {n} patches (mean below); ★ best median per metric "
+        f"<table><tr><th>method</th>{head}<th>LPIPS</th></tr>{''.join(rows)}</table>"
+        f"<p><small>Median over {n} patches (mean below); ★ best median per metric "
         "(↑ higher, ↓ lower, →1 closest to 1 is better).</small></p>"
     )
 
 
+def _baselines(s: dict[str, Any]) -> list[tuple[str, str]]:
+    """The settings lines of the Gaussian baselines (tuned, and best per image)."""
+    gauss, oracle = s.get("gaussian"), s.get("gaussian_oracle")
+    items = [
+        (
+            method_label("gaussian"),
+            f"sigma {gauss['sigma']:g} px, maximising {gauss['criterion']} on {gauss['tuned_on']}"
+            if gauss
+            else "not run",
+        )
+    ]
+    if oracle:
+        sigmas = ", ".join(f"{v:g}" for v in oracle["sigmas"].values())
+        items.append((method_label("gaussian-oracle"), f"{oracle['criterion']}; sigma {sigmas} px"))
+    return items
+
+
 def _settings(result: dict[str, Any]) -> str:
     s = result["settings"]
-    gauss = s.get("gaussian")
     patch = s.get("patch")
-    items = [("ground truth", s["gt"]), ("raw input", s.get("raw") or "–")]
-    items += [(f"prediction {n}", p) for n, p in s["predictions"].items()]
+    items = [("ground truth", display_path(s["gt"])), ("raw input", display_path(s.get("raw")))]
+    items += [(f"prediction “{n}”", display_path(p)) for n, p in s["predictions"].items()]
+    if s.get("model"):
+        items.append(("model", s["model"]))
     items += [
         ("intensity", s["intensity"]),
         ("patches", f"{patch}² px, non-overlapping" if patch else "whole planes"),
@@ -184,14 +244,9 @@ def _settings(result: dict[str, Any]) -> str:
             "pixel size",
             f"{s['pixel_size']:g} {s['unit']} (decorrelation resolution, Descloux 2019)",
         ),
-        (
-            "Gaussian baseline",
-            f"sigma {gauss['sigma']:g} px, maximising {gauss['criterion']} on {gauss['tuned_on']}"
-            if gauss
-            else "not run",
-        ),
-        ("LPIPS", result["lpips"]),
     ]
+    items += _baselines(s)
+    items += [("LPIPS", result["lpips"])]
     items += [("note", n) for n in result.get("notes", [])]
     return (
         "<dl>"
@@ -205,23 +260,27 @@ def _chart_section(title: str, note: str, charts: Iterable[str]) -> str:
     return f"<h2>{title}</h2><p><small>{note}</small></p>{html_row(charts)}"
 
 
-def _curves(result: dict[str, Any]) -> str:
+def _curves(result: dict[str, Any], directory: Path) -> str:
     """The samples curve (metric of the mean of k samples vs k; Fig. S1) and training curves."""
     parts = []
     curve = result.get("samples_curve")
     if curve:
         charts = [
             line_chart(
-                [("median", curve["k"], curve["median"][m])],
-                f"{m} of the mean of k samples",
+                directory,
+                f"samples_{m}.png",
+                [("median over patches", curve["k"], curve["median"][m])],
+                f"{metric_name(m)} of the mean of k samples",
                 "k (samples averaged)",
-                m,
+                metric_name(m),
+                size=(4.6, 3.0),
+                integer_x=True,
             )
             for m in _SAMPLES_CURVE_METRICS
             if m in curve["median"]
         ]
         note = (
-            f"{curve['n_samples']} samples from {html.escape(curve['path'])}; "
+            f"{curve['n_samples']} samples from {html.escape(display_path(curve['path']))}; "
             "median over patches (paper Fig. S1)"
         )
         parts.append(_chart_section("Samples curve", note, charts))
@@ -229,16 +288,18 @@ def _curves(result: dict[str, Any]) -> str:
     if training and training["series"]:
         charts = [
             line_chart(
+                directory,
+                f"training_{k}.png",
                 [(name, [p[0] for p in pts], [p[1] for p in pts])],
-                name,
+                name.replace("_", " "),
                 training["x"],
-                name,
-                width=400,
-                height=230,
+                name.replace("_", " "),
+                size=(4.2, 2.8),
             )
-            for name, pts in list(training["series"].items())[:_MAX_TRAINING_CHARTS]
+            for k, (name, pts) in enumerate(list(training["series"].items())[:_MAX_TRAINING_CHARTS])
         ]
-        parts.append(_chart_section("Training curves", html.escape(training["path"]), charts))
+        source = html.escape(training.get("model") or display_path(training["path"]))
+        parts.append(_chart_section("Training curves", f"metrics.csv of {source}", charts))
     return "\n".join(parts)
 
 
@@ -251,7 +312,7 @@ def write_report(directory: Path, result: dict[str, Any], figures: Sequence[Regi
         f"</title><style>{_CSS}</style></head><body><h1>bigrestore evaluation</h1>"
         f"<p><small>bigrestore {html.escape(str(result['settings']['version']))}</small></p>"
         f"<h2>Metrics</h2>{_table(result)}<h2>Settings</h2>{_settings(result)}"
-        f"<h2>Regions</h2>{regions or '<p>no regions</p>'}{_curves(result)}</body></html>\n"
+        f"<h2>Regions</h2>{regions or '<p>no regions</p>'}{_curves(result, directory)}</body></html>\n"
     )
     index = directory / "index.html"
     try:

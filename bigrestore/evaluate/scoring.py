@@ -11,7 +11,10 @@ decorrelation resolution (Descloux et al. 2019) uses the GT's x pixel size and u
 Baselines: the raw input, and a Gaussian filter of it (:mod:`bigrestore.evaluate.baselines`)
 whose sigma maximises the mean PSNR on data that is not scored: ``val_for_sigma``
 (``--tune-on RAW_VAL GT_VAL``) or, without it, the first planes of the evaluation set, which
-are then held out from scoring for every method. N individual samples (``--samples``) give
+are then held out from scoring for every method. ``gaussian_oracle`` adds the Gaussian whose
+sigma is the best per image, chosen with the ground truth and scored on the same intensity
+scale as every method: an upper bound of the filter, labelled so, that also runs on a single
+image. N individual samples (``--samples``) give
 the samples curve: the metrics of the mean of the first k samples, k = 1..N (the paper's
 Fig. S1). LPIPS needs torchvision's AlexNet and the LPIPS weights, neither a dependency: it
 is reported as not computed, never as 0.
@@ -29,7 +32,13 @@ import numpy as np
 
 from bigrestore import __version__
 from bigrestore.errors import BadInputError, UsageError, describe
-from bigrestore.evaluate.baselines import gaussian_denoise, spread, tune_gaussian
+from bigrestore.evaluate.baselines import (
+    ORACLE_CRITERION,
+    best_gaussian_per_image,
+    gaussian_denoise,
+    spread,
+    tune_gaussian,
+)
 from bigrestore.evaluate.decorrelation import decorrelation_resolution
 from bigrestore.evaluate.figures import RegionFigure, region_figure
 from bigrestore.evaluate.metrics import evaluate_pair, summarize
@@ -42,7 +51,12 @@ from bigrestore.evaluate.pairing import (
     open_inputs,
     open_samples,
 )
-from bigrestore.evaluate.report import prepare_report_dir, read_training_log, write_report
+from bigrestore.evaluate.report import (
+    model_label,
+    prepare_report_dir,
+    read_training_log,
+    write_report,
+)
 from bigrestore.evaluate.result import EvaluationResult
 
 log = logging.getLogger(__name__)
@@ -176,13 +190,18 @@ def _gaussian(
     return gaussian, scored
 
 
+ORACLE = "gaussian-oracle"
+
+
 def _training(model_dir: str | Path | None, notes: list[str]) -> dict[str, Any] | None:
     """Training curves from MODEL_DIR/metrics.csv, noted when missing."""
     if model_dir is None:
         return None
     training = read_training_log(model_dir)
     if training is None:
-        notes.append(f"no metrics.csv in {model_dir}: no training curves")
+        notes.append(f"no metrics.csv beside {model_label(model_dir)}: no training curves")
+    else:
+        training["model"] = model_label(model_dir)
     return training
 
 
@@ -204,20 +223,28 @@ def _score_planes(
     patch: int | None,
     gaussian: dict[str, Any] | None,
     crops: list[tuple[int, int, int, int]],
+    oracle: dict[int, float] | None = None,
 ) -> tuple[list[dict[str, Any]], list[RegionFigure]]:
-    """Per-patch rows of every method on the ``scored`` planes, and the figures of ``crops``."""
+    """Per-patch rows of every method on the ``scored`` planes, and the figures of ``crops``.
+    ``oracle``: when a dict, the best-per-image Gaussian is scored too and its sigma of each
+    plane recorded there."""
     truth, L = inputs.truth, inputs.data_range
     rows: list[dict[str, Any]] = []
     figures = []
     for i in scored:
         g = normalize_gt(truth.plane(i), normalize)
         cache: dict[tuple[int, int], tuple[float, bool]] = {}
-        compared = {}
-        for name, values in _candidates(inputs, i, gaussian).items():
-            compared[name] = normalize_pred(values, g, normalize)
-            for row in score_plane(
-                compared[name], g, L, patch, truth.pixel_size, truth.unit, cache
-            ):
+        compared = {
+            name: normalize_pred(values, g, normalize)
+            for name, values in _candidates(inputs, i, gaussian).items()
+        }
+        if oracle is not None and "raw" in compared:  # in table order: after the baselines
+            raw_plane = inputs.raw.plane(i)
+            fitted, oracle[i] = best_gaussian_per_image(raw_plane, g, normalize, L)
+            baselines = {n: v for n, v in compared.items() if n in ("raw", "gaussian")}
+            compared = {**baselines, ORACLE: fitted, **compared}
+        for name, values in compared.items():
+            for row in score_plane(values, g, L, patch, truth.pixel_size, truth.unit, cache):
                 rows.append({"method": name, "plane": i, "label": truth.labels[i], **row})
         for crop in (c for c in crops if c[0] == i):
             extra = {k: stack.plane(i) for k, stack in inputs.maps.items()}
@@ -263,6 +290,8 @@ def _settings(
         "pixel_size": truth.pixel_size,
         "unit": truth.unit,
         "gaussian": gaussian,
+        "gaussian_oracle": None,
+        "model": model_label(paths["model"]) if paths.get("model") else None,
         "std": str(paths["std"]) if paths["std"] else None,
         "entropy": str(paths["entropy"]) if paths["entropy"] else None,
     }
@@ -285,6 +314,7 @@ def evaluate(
     model_dir: str | Path | None = None,
     gaussian_baseline: bool = True,
     val_for_sigma: tuple[str | Path, str | Path] | None = None,
+    gaussian_oracle: bool = False,
     lpips_weights: str | Path | None = None,
     regions: Sequence[tuple[int, int, int, int]] | None = None,
     overwrite: bool = False,
@@ -294,8 +324,10 @@ def evaluate(
     planes: indices into the GT's flattened planes (default all). patch: side in pixels, None
     for whole planes. samples: N individual samples (a directory of N images, e.g. the
     OUT.zarr/samples of ``bigrestore run --save-samples``, or one sample-major image) for the
-    samples curve. regions: (plane, y, x, size) crops shown in the report. Inputs are
-    checked (exit 66 missing, 65 mismatched) before anything is computed or written.
+    samples curve. gaussian_oracle: also score the Gaussian with the best sigma per image
+    (chosen with the GT; needs ``raw``). regions: (plane, y, x, size) crops shown in the
+    report. Inputs are checked (exit 66 missing, 65 mismatched) before anything is computed
+    or written.
     """
     if lpips_weights is not None:
         raise UsageError(
@@ -325,13 +357,13 @@ def evaluate(
     if report_dir is not None:
         prepare_report_dir(Path(report_dir), overwrite)
     shown = crops if report_dir is not None else []
-    rows, figures = _score_planes(inputs, scored, normalize, patch, gaussian, shown)
-    baselines = (["raw"] if inputs.raw else []) + (["gaussian"] if gaussian else [])
-    methods = baselines + list(inputs.preds)
-    settings = _settings(inputs, scored, gaussian, {"raw": raw, **maps}, normalize, patch, channel)
-    result = EvaluationResult(
-        tuple(methods), rows, _summaries(rows, methods), settings, notes, training=training
-    )
+    oracle: dict[int, float] | None = {} if gaussian_oracle and inputs.raw else None
+    rows, figures = _score_planes(inputs, scored, normalize, patch, gaussian, shown, oracle)
+    paths = {"raw": raw, "model": model_dir, **maps}
+    settings = _settings(inputs, scored, gaussian, paths, normalize, patch, channel)
+    if oracle is not None:
+        settings["gaussian_oracle"] = {"criterion": ORACLE_CRITERION, "sigmas": oracle}
+    result = _result(inputs, rows, settings, notes, training, oracle is not None)
     if samples is not None:
         L = inputs.data_range
         result.samples_curve = samples_curve(
@@ -340,3 +372,20 @@ def evaluate(
     if report_dir is not None:
         result.report = write_report(Path(report_dir), result.to_dict(), figures)
     return result
+
+
+def _result(
+    inputs: Inputs,
+    rows: list[dict[str, Any]],
+    settings: dict[str, Any],
+    notes: list[str],
+    training: dict[str, Any] | None,
+    oracle: bool,
+) -> EvaluationResult:
+    """The result with its methods in table order: raw, the Gaussians, the predictions."""
+    baselines = ["raw"] if inputs.raw else []
+    baselines += ["gaussian"] if settings["gaussian"] else []
+    baselines += [ORACLE] if oracle else []
+    methods = baselines + list(inputs.preds)
+    summaries = _summaries(rows, methods)
+    return EvaluationResult(tuple(methods), rows, summaries, settings, notes, training=training)

@@ -1,22 +1,30 @@
-"""TIFF / OME-TIFF / ImageJ TIFF → multiscale OME-Zarr, lazily (page by page).
+"""Microscope files → multiscale OME-Zarr, lazily: TIFF here, vendor formats via bioio.
 
-Axes come from the OME-XML or ImageJ metadata when the file has them (tifffile's series axes),
-or from ``--axes``. Axes are reordered to NGFF order (t, c, z, y, x); RGB samples become ``c``.
+:func:`convert_image` dispatches by suffix: CZI, ND2, LIF and OME-TIFF go through bioio
+(:mod:`bigrestore.io.vendor`, the optional extra ``formats``) and are written plane by plane;
+plain TIFF / ImageJ TIFF (and OME-TIFF when bioio is not installed, or with ``--axes``) go
+through tifffile page by page. For TIFF, axes come from the OME-XML or ImageJ metadata when
+the file has them (tifffile's series axes), or from ``--axes``. Axes are reordered to NGFF
+order (t, c, z, y, x); RGB samples become ``c``.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import dask.array as da
+import numpy as np
 import tifffile
 import zarr
 
-from bigrestore.errors import BadInputError, MissingInputError, describe
+from bigrestore.errors import BadInputError, MissingInputError, UsageError, describe
 from bigrestore.io.meta import ImageMeta, normalise_unit, validate_axes
-from bigrestore.io.write import write_image
+from bigrestore.io.paths import prepare_output
+from bigrestore.io.vendor import FORMATS, open_vendor, reader_installed, vendor_suffix
+from bigrestore.io.write import create_level0, finalize_image, mark_written, write_image
 
 log = logging.getLogger(__name__)
 
@@ -124,16 +132,102 @@ def convert_tiff(
 ) -> Path:
     """Convert one TIFF file into a multiscale OME-Zarr image (the TIFF is only read)."""
     data, meta = read_tiff(source, axes)
-    if pixel_size:
-        scale = tuple(pixel_size.get(a, s) for a, s in zip(meta.axes, meta.scale, strict=True))
-        units = tuple(
-            (u or "micrometer") if a in pixel_size and a in "zyx" else u
-            for a, u in zip(meta.axes, meta.units, strict=True)
-        )
-        meta = ImageMeta(meta.axes, scale, meta.translation, units, meta.channel_names, meta.name)
-    yx_chunks = tuple(
-        min(n, chunks) if a in "yx" else 1 for a, n in zip(meta.axes, data.shape, strict=True)
-    )
+    meta = with_pixel_size(meta, pixel_size)
     return write_image(
-        destination, data, meta, ngff_version=ngff_version, chunks=yx_chunks, overwrite=overwrite
+        destination,
+        data,
+        meta,
+        ngff_version=ngff_version,
+        chunks=plane_chunks(meta.axes, data.shape, chunks),
+        overwrite=overwrite,
     )
+
+
+def with_pixel_size(meta: ImageMeta, pixel_size: dict[str, float] | None) -> ImageMeta:
+    """``meta`` with the ``--pixel-size`` overrides (micrometer for z/y/x without a unit)."""
+    if not pixel_size:
+        return meta
+    scale = tuple(pixel_size.get(a, s) for a, s in zip(meta.axes, meta.scale, strict=True))
+    units = tuple(
+        (u or "micrometer") if a in pixel_size and a in "zyx" else u
+        for a, u in zip(meta.axes, meta.units, strict=True)
+    )
+    return ImageMeta(meta.axes, scale, meta.translation, units, meta.channel_names, meta.name)
+
+
+def plane_chunks(axes: str, shape: tuple[int, ...], yx: int) -> tuple[int, ...]:
+    """One plane per chunk on t/c/z, ``yx`` squares (clipped to the shape) in Y and X."""
+    return tuple(min(n, yx) if a in "yx" else 1 for a, n in zip(axes, shape, strict=True))
+
+
+@dataclass(frozen=True)
+class Converted:
+    """What :func:`convert_image` wrote: the store, and for vendor files the scene converted
+    out of the file's scenes (empty for TIFF)."""
+
+    path: Path
+    scene: int = 0
+    scenes: tuple[str, ...] = ()
+
+
+def uses_bioio(source: str | Path, axes: str | None) -> bool:
+    """True when ``source`` is read through bioio: CZI / ND2 / LIF always, OME-TIFF when its
+    reader is installed and no ``--axes`` overrides the file's own axes."""
+    suffix = vendor_suffix(source)
+    if suffix is None:
+        return False
+    if FORMATS[suffix].module == "bioio_ome_tiff":
+        return axes is None and reader_installed(suffix)
+    return True
+
+
+def convert_image(
+    source: str | Path,
+    destination: str | Path,
+    axes: str | None = None,
+    scene: int | str | None = None,
+    ngff_version: str = "0.5",
+    chunks: int = 512,
+    overwrite: bool = False,
+    pixel_size: dict[str, float] | None = None,
+) -> Converted:
+    """Convert one microscope file (TIFF, OME-TIFF, CZI, ND2, LIF) into multiscale OME-Zarr;
+    the source is only read. ``scene`` picks one scene of a multi-scene vendor file."""
+    if not uses_bioio(source, axes):
+        if scene not in (None, 0, "0"):
+            raise UsageError(
+                describe(source, "--scene", "a CZI, ND2, LIF or OME-TIFF file (bioio)", scene)
+            )
+        options = dict(ngff_version=ngff_version, chunks=chunks, overwrite=overwrite)
+        return Converted(convert_tiff(source, destination, axes, pixel_size=pixel_size, **options))
+    if axes is not None:
+        raise UsageError(describe(source, "--axes", "no --axes (the file names its axes)", axes))
+    image = open_vendor(source, scene)
+    meta = with_pixel_size(image.meta, pixel_size)
+    chunk_shape = plane_chunks(meta.axes, image.data.shape, chunks)
+    path = write_planes(destination, image.data, meta, ngff_version, chunk_shape, overwrite, source)
+    return Converted(path, image.scene, image.scenes)
+
+
+def write_planes(
+    destination: str | Path,
+    data: da.Array,
+    meta: ImageMeta,
+    ngff_version: str,
+    chunks: tuple[int, ...],
+    overwrite: bool,
+    source: str | Path,
+) -> Path:
+    """Write a lazy image one YX plane at a time (at most one plane in memory), then its
+    pyramid and NGFF metadata."""
+    destination = Path(destination)
+    validate_axes(meta.axes, data.ndim, source)
+    prepare_output(destination, overwrite, [Path(source)])
+    level0 = create_level0(
+        destination, tuple(data.shape), data.dtype, meta.axes, chunks, ngff_version
+    )
+    mark_written(destination)
+    for index in np.ndindex(*data.shape[:-2]):
+        level0[index] = np.asarray(data[index].compute(scheduler="synchronous"))
+    finalize_image(destination, meta, ngff_version)
+    return destination

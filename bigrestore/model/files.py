@@ -103,6 +103,11 @@ class ModelInfo:
     def provenance(self) -> dict[str, Any]:
         return dict(self.meta.get("provenance", {}))
 
+    @property
+    def calibrations(self) -> list[dict[str, Any]]:
+        """The calibrations stored with the model (bigrestore.diffusion.calibration)."""
+        return list(self.meta.get("calibration", {}).get("entries", []))
+
 
 def _canonical(meta: dict[str, Any]) -> bytes:
     return json.dumps(meta, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
@@ -327,3 +332,30 @@ def parameter_count(config: UNetConfig) -> int:
     """Parameters of the architecture, counted on the meta device (nothing allocated)."""
     with torch.device("meta"):
         return sum(math.prod(p.shape) for p in ConditionalUNet(config).parameters())
+
+
+def write_calibration(path: Path, entry: dict[str, Any], out: Path | None = None) -> Path:
+    """Store a calibration (bigrestore.diffusion.calibration) in a model's JSON, replacing one
+    made for the same key; the weights are untouched. With ``out`` the model is copied there
+    first (the original stays as it was). Returns the model directory written."""
+    info = read_model(path)
+    target = Path(out) if out is not None else info.directory
+    if out is not None:
+        if target.exists() and any(target.iterdir()):
+            raise CannotCreateOutputError(
+                describe(target, "--out", "a new or empty directory", "a non-empty one")
+            )
+        target.mkdir(parents=True, exist_ok=True)
+        weights = (info.directory / WEIGHTS_FILE).read_bytes()
+        write_atomic(target / WEIGHTS_FILE, lambda p: p.write_bytes(weights))
+    meta = dict(info.meta)
+    entries = [e for e in info.calibrations if e.get("key") != entry.get("key")]
+    meta["calibration"] = {"entries": [*entries, entry]}
+    try:
+        text = json.dumps(meta, indent=2, allow_nan=False) + "\n"
+        write_atomic(target / CONFIG_FILE, lambda p: p.write_text(text, encoding="utf-8"))
+    except OSError as e:
+        raise CannotCreateOutputError(
+            describe(target, "model", "a writable model directory", e)
+        ) from e
+    return target

@@ -221,6 +221,23 @@ def write_block(job: RunJob, task: BlockTask, name: str, values: np.ndarray) -> 
     )
 
 
+def calibrated_maps(
+    blended: dict[str, np.ndarray], calibration: dict[str, Any], coverage: float
+) -> dict[str, np.ndarray]:
+    """The calibrated interval (lower, upper at ``coverage``) and the calibrated std, in model
+    space, from the blended mean and std (bigrestore.diffusion.calibration)."""
+    from bigrestore.diffusion.calibration import STD_FLOOR, Calibration
+
+    found = Calibration.from_dict(calibration)
+    std = np.maximum(blended["std"], STD_FLOOR)
+    half = found.half_width(std, coverage)
+    return {
+        "lower": blended["mean"] - half,
+        "upper": blended["mean"] + half,
+        "std_calibrated": found.calibrated_std(std),
+    }
+
+
 def assemble_block(job: RunJob, task: BlockTask, results: list[TileResults]) -> dict[str, Any]:
     """Blend the tiles touching the block (from ``results``, which may hold more), write every
     output volume's chunks of the block, then its done-record. Returns a small record."""
@@ -230,7 +247,15 @@ def assemble_block(job: RunJob, task: BlockTask, results: list[TileResults]) -> 
     for result in results:
         tiles.update(result.per_tile())
     blended = blend(tiles, grid.tiles_touching(*task.block.region), grid, task.block)
+    if job.calibration is not None:
+        blended.update(calibrated_maps(blended, job.calibration, job.settings.coverage))
     out_stats = [job.output_stats[c] for c in task.out_channels]
+    sampling = job.settings.sampling
+    pinned = 0
+    if (
+        job.sampled and sampling.clip_x0
+    ):  # every sample ended at the clip bound: a truncated highlight
+        pinned = int(np.count_nonzero(np.abs(blended["mean"]) >= sampling.clip_bound * (1 - 1e-6)))
     clipped = 0
     for planned in job.outputs():
         values, clipped_here = to_output_units(planned, blended, out_stats, job.settings.dtype)
@@ -241,6 +266,7 @@ def assemble_block(job: RunJob, task: BlockTask, results: list[TileResults]) -> 
     return {
         "block": task.name,
         "clipped": clipped,
+        "pinned": pinned,
         "ran_on": ran_on,
         "batch": sorted({r.batch for r in results if r.origins}),
         "seconds": time.perf_counter() - started,

@@ -54,6 +54,7 @@ class Calibration:
     batch: int
     tile: int
     calls: int
+    processes: int  # calibrated at once (as many as the run's workers on this machine)
     seconds_per_call: float
     startup_seconds: float  # import torch and bigrestore, load the model
     base_bytes: int  # process memory with the model loaded
@@ -191,9 +192,11 @@ def memory_per_worker(
     assemble = len(plan.outputs) * len(plan.tasks[0].out_channels) * side * side * (8 + 4)
     base = calibration.base_bytes if calibration else 0
     active = calibration.activation_bytes if calibration else 0
+    on_gpu = calibration is not None and calibration.device == "cuda"
     parts = {
         "process_and_model": base + WORKER_OVERHEAD_BYTES,
-        "network_activations": active if calibration and calibration.device == "cpu" else 0,
+        "network_activations": 0 if on_gpu else active,
+        "gpu_network_memory": active if on_gpu else 0,
         "tile_group": group_bytes,
         "read_region": region,
         "held_tile_results": -(-held // max(1, workers)) * largest * maps,
@@ -222,16 +225,13 @@ def calibration_sampling(sampling: Any, schedule: Any, steps: int) -> Any:
 
 def _memory() -> tuple[int, int]:
     """(resident, peak resident) bytes of this process (Linux; zeros elsewhere)."""
-    found = {"VmRSS": 0, "VmHWM": 0}
     try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                key, _, value = line.partition(":")
-                if key in found:
-                    found[key] = int(value.split()[0]) * 1024
+        lines = Path("/proc/self/status").read_text(encoding="ascii").splitlines()
     except OSError:
-        pass
-    return found["VmRSS"], found["VmHWM"]
+        return 0, 0
+    found = dict(line.split(":", 1) for line in lines if ":" in line)
+    rss, peak = (int(found.get(k, "0 kB").split()[0]) * 1024 for k in ("VmRSS", "VmHWM"))
+    return rss, peak
 
 
 def _reset_peak_memory() -> None:
@@ -269,9 +269,10 @@ def _network_steps(net: Any, cond: Any, info: Any, settings: Any, autocast: Any)
     return run
 
 
-def _calibrate_here(request: dict[str, Any]) -> dict[str, Any]:
-    """In a fresh process: load the model as a worker does, time ``calls`` network calls at
-    the run's batch, tile and precision, and measure their peak memory."""
+def _calibrate_here(request: dict[str, Any], ready: Any) -> dict[str, Any]:
+    """In a fresh process: load the model as a worker does, warm up, call ``ready(seconds of
+    the warm-up)`` (which waits until every calibration process is ready), then time
+    ``calls`` network calls at the run's batch, tile and precision and their peak memory."""
     import torch
 
     from bigrestore.devices import autocast_dtype, pick_device
@@ -293,43 +294,43 @@ def _calibrate_here(request: dict[str, Any]) -> dict[str, Any]:
     _reset_peak_memory()
     started = time.perf_counter()
     run(1)  # warm-up: kernels chosen, buffers allocated
+    ready(time.perf_counter() - started)
     timed = time.perf_counter()
     made = run(request["calls"])
     if cuda:
         torch.cuda.synchronize(device)
-    done = time.perf_counter()
+    seconds = time.perf_counter() - timed
     peak = torch.cuda.max_memory_allocated(device) if cuda else _memory()[1]
-    return {
-        "device": device.type,
-        "precision": "fp32" if autocast is None else "bf16",
-        "threads": torch.get_num_threads(),
-        "batch": batch,
-        "tile": tile,
-        "calls": made,
-        "seconds_per_call": (done - timed) / max(1, made),
-        "busy_seconds": done - started,
-        "base_bytes": 0 if cuda else base,
-        "activation_bytes": max(0, peak - base),
-    }
+    precision = "fp32" if autocast is None else "bf16"
+    return {"device": device.type, "precision": precision, "threads": torch.get_num_threads(),
+            "batch": batch, "tile": tile, "calls": made, "seconds_per_call": seconds / max(1, made),
+            "base_bytes": 0 if cuda else base, "activation_bytes": max(0, peak - base)}  # fmt: skip
 
 
 def _calibration_main() -> None:
-    """Entry of the calibration process: a JSON request on stdin, the JSON result on stdout
-    (a refusal as {"error": class name, "message": ...})."""
+    """A calibration process: the JSON request in argv[1]; prints "ready SECONDS" after the
+    warm-up, waits for a line on stdin, prints the JSON result (or {"error", "message"})."""
     import json
     import sys
 
+    def ready(seconds: float) -> None:
+        print(f"ready {seconds}", flush=True)
+        sys.stdin.readline()
+
     try:
-        result = _calibrate_here(json.load(sys.stdin))
+        result = _calibrate_here(json.loads(sys.argv[1]), ready)
     except BigrestoreError as error:
         result = {"error": type(error).__name__, "message": str(error)}
-    print(json.dumps(result))
+    print(json.dumps(result), flush=True)
 
 
-def calibrate(plan: RunPlan, device: str = "auto", threads: int = 1, calls: int = 3) -> Calibration:
-    """Time ``calls`` network calls of the plan's model on this machine in a fresh Python
-    process (its threads and memory are a worker's own). The start-up seconds are that
-    process's start, imports and model load, as a worker's."""
+def calibrate(
+    plan: RunPlan, device: str = "auto", threads: int = 1, calls: int = 3, processes: int = 1
+) -> Calibration:
+    """Time ``calls`` network calls of the plan's model on this machine, in ``processes``
+    fresh Python processes at once (as many as the run's workers on this machine: their
+    threads, memory and the machine's other load are a worker's). The start-up seconds are
+    their start, imports and model load."""
     import json
     import subprocess
     import sys
@@ -339,52 +340,38 @@ def calibrate(plan: RunPlan, device: str = "auto", threads: int = 1, calls: int 
     request = {"model": str(plan.model.directory), "settings": plan.settings.to_dict()}
     request.update(device=device, threads=threads, calls=max(1, calls))
     code = "from bigrestore.run.estimate import _calibration_main; _calibration_main()"
+    command = [sys.executable, "-c", code, json.dumps(request)]
+    pipe = subprocess.PIPE
     started = time.perf_counter()
-    done = subprocess.run(
-        [sys.executable, "-c", code], input=json.dumps(request), capture_output=True, text=True
-    )
-    wall = time.perf_counter() - started
-    if done.returncode:
-        raise RuntimeError(f"calibration failed: {done.stderr.strip()[-2000:]}")
-    result = json.loads(done.stdout.strip().splitlines()[-1])
-    if "error" in result:
-        raise getattr(errors, result["error"], BigrestoreError)(result["message"])
-    result["startup_seconds"] = max(0.0, wall - result.pop("busy_seconds"))
+    children = [subprocess.Popen(command, stdin=pipe, stdout=pipe, stderr=pipe, text=True)
+                for _ in range(max(1, processes))]  # fmt: skip
+    lines = [child.stdout.readline() for child in children]  # type: ignore[union-attr]
+    warmups = [float(line.split()[1]) for line in lines if line.startswith("ready ")]
+    startup = time.perf_counter() - started - sum(warmups) / max(1, len(warmups))
+    results = []
+    for child, line in zip(children, lines, strict=True):
+        out, err = child.communicate("go\n")
+        text = (out if line.startswith("ready ") else line + out).strip()
+        if child.returncode or not text:
+            raise RuntimeError(f"calibration failed: {err.strip()[-2000:]}")
+        results.append(json.loads(text.splitlines()[-1]))
+        if "error" in results[-1]:
+            raise getattr(errors, results[-1]["error"], BigrestoreError)(results[-1]["message"])
+    result = {**results[0], "startup_seconds": max(0.0, startup), "processes": len(results)}
+    result["seconds_per_call"] = sum(r["seconds_per_call"] for r in results) / len(results)
+    result["activation_bytes"] = max(r["activation_bytes"] for r in results)
     return Calibration(**result)
 
 
 # ----------------------------------------------------------------------------- the estimate
 
 
-@dataclass(frozen=True)
-class Estimate:
-    """The figures of ``bigrestore plan`` (sizes in bytes, times in seconds)."""
-
-    chunks_stored: int  # level-0 chunks present in the input (-1: not a local folder)
-    chunks_expected: int
-    blocks: int
-    tiles: int
-    network_evaluations: int
-    tile_pixels_per_output_pixel: float
-    workers: int
-    network_calls: int  # batches through the network, padding included
-    output_level0_bytes: int
-    disk: DiskCheck
-    memory_per_worker: dict[str, int]
-    calibration: Calibration | None
-    seconds: dict[str, float] | None  # startup, compute, finish, total
-
-    def to_dict(self) -> dict[str, Any]:
-        record = asdict(self)
-        record["disk"]["fits"] = self.disk.fits
-        record["tile_pixels_per_output_pixel"] = round(self.tile_pixels_per_output_pixel, 4)
-        return record
-
-
 def estimate(
     plan: RunPlan, output: Path, workers: int, calibration: Calibration | None = None
-) -> Estimate:
-    """The run's figures; the time only with a ``calibration`` (see the module docstring)."""
+) -> dict[str, Any]:
+    """The figures of ``bigrestore plan`` (bytes, seconds): the input's chunk census, blocks,
+    tiles, network evaluations and batched calls (padding included), output size, the disk
+    check, memory per worker and, with a ``calibration``, the time (module docstring)."""
     from bigrestore.run.batching import CPU_BATCH
 
     groups = tile_groups(plan)
@@ -398,26 +385,17 @@ def estimate(
         seconds = {"startup": startup, "compute": compute, "finish": finish}
         seconds = {k: round(v, 2) for k, v in {**seconds, "total": sum(seconds.values())}.items()}
     stored, expected = chunk_census(plan.image)
-    return Estimate(
-        stored,
-        expected,
-        len(plan.tasks),
-        plan.cost.tiles,
-        plan.cost.network_evaluations,
-        plan.cost.tile_pixels_per_output_pixel,
-        workers,
-        sum(per_group),
-        output_bytes(plan)[0],
-        disk_check(plan, output),
-        memory_per_worker(plan, calibration, workers, groups),
-        calibration,
-        seconds,
-    )
-
-
-def scheduler_workers(address: str) -> int:
-    """Workers of a running Dask cluster (``--scheduler``)."""
-    from bigrestore.run.cluster import ClusterSpec, open_client, worker_count
-
-    with open_client(ClusterSpec(scheduler=address)) as client:
-        return worker_count(client)
+    disk = disk_check(plan, output)
+    return {
+        "chunks_stored": stored,  # -1: not a local folder (not counted)
+        "chunks_expected": expected,
+        "blocks": len(plan.tasks),
+        **plan.cost.to_dict(),
+        "network_calls": sum(per_group),
+        "workers": workers,
+        "output_level0_bytes": output_bytes(plan)[0],
+        "disk": {**asdict(disk), "fits": disk.fits},
+        "memory_per_worker": memory_per_worker(plan, calibration, workers, groups),
+        "calibration": asdict(calibration) if calibration else None,
+        "seconds": seconds,
+    }

@@ -20,7 +20,7 @@ from bigrestore.intensity import Stats, percentile_stats
 from bigrestore.io.images import OpenedImage, chunk_census, open_image
 from bigrestore.io.meta import ImageMeta
 from bigrestore.io.runstore import LevelZero
-from bigrestore.outputs import PlannedOutput, planned_outputs
+from bigrestore.outputs import PlannedOutput
 from bigrestore.run.settings import RunSettings, bundled_model_path
 from bigrestore.run.tasks import BlockTask, RunJob
 from bigrestore.run.tiling import TileGrid, plan_blocks
@@ -272,6 +272,16 @@ def output_arrays(
     ]
 
 
+def find_calibration(info: ModelInfo, settings: RunSettings) -> dict[str, Any] | None:
+    """The model's calibration made for exactly these (resolved) settings, or None."""
+    from bigrestore.diffusion.calibration import matching
+
+    found = (
+        matching(info.calibrations, settings.calibration_key()) if info.objective.sampled else None
+    )
+    return found.to_dict() if found is not None else None
+
+
 def make_plan(
     input_path: Path,
     output: Path,
@@ -290,7 +300,7 @@ def make_plan(
     image = open_image(input_path, series=series)
     check_chunks(image, allow_missing_chunks)
     info = load_run_model(model)
-    settings = settings.resolved(info.unet.train_resolution)
+    settings = settings.resolved(info.unet.train_resolution, image.data.dtype)
     grid_check = TileGrid(8, 8, settings.tile, settings.overlap, info.unet.downsample_factor)
     if info.objective.sampled:
         settings.sampling.timesteps(info.schedule, "run settings")
@@ -328,8 +338,9 @@ def make_plan(
         multiple=grid_check.multiple,
         device=device,
         torch_threads=torch_threads,
+        calibration=find_calibration(info, settings),
     )
-    outputs = planned_outputs(info.objective.sampled, settings.samples, settings.save_samples)
+    outputs = job.outputs()
     level0 = output_arrays(outputs, out_shape, image.meta.axes, settings)
     cost = plan_cost(tasks, job.grid, job.evaluations_per_tile())
     return RunPlan(

@@ -23,6 +23,7 @@ from bigrestore.errors import (
     ResumableInterrupt,
     UsageError,
 )
+from bigrestore.intensity import Stats
 from bigrestore.io.ngff import NGFF_VERSIONS
 from bigrestore.io.paths import check_output, written_by_bigrestore
 from bigrestore.io.runstore import RunStore, output_lock, refuse_if_locked
@@ -65,6 +66,40 @@ def run_record(
         "threads_per_worker": cluster.torch_threads(),
         "version": __version__,
     }
+
+
+def settle_output_scale(
+    plan: RunPlan, output: Path, resume: bool, device: str, threads: int
+) -> tuple[RunPlan, dict[str, Any]]:
+    """The map from model space to the output's units. ``input`` scale: fitted on a few
+    restored tiles (bigrestore.run.scale), or, resuming, the fit the run started with (read
+    from its manifest, so every block of one output shares one map); ``target``: the model's
+    training target levels."""
+    from dataclasses import replace as replace_plan
+
+    if plan.settings.output_scale != "input":
+        return plan, {"scale": plan.settings.output_scale}
+    previous = RunStore(output, "0.5").manifest().get("output_scale", {}) if resume else {}
+    if previous.get("statistics"):
+        stats = [Stats.from_dict(d) for d in previous["statistics"]]
+        return replace_plan(
+            plan, output_stats=stats, job=replace_plan(plan.job, output_stats=tuple(stats))
+        ), previous
+    import torch
+
+    from bigrestore.devices import pick_device
+    from bigrestore.run.block import load_cached_model
+    from bigrestore.run.scale import fit_output_scale
+
+    chosen = pick_device(device)
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, threads))  # the workers' thread count: the same tile values
+    try:
+        net = load_cached_model(plan.job.model_path, plan.job.model_sha256, chosen)
+        plan, fit = fit_output_scale(plan, net, chosen)
+    finally:
+        torch.set_num_threads(before)
+    return plan, {"scale": "input", **fit, "statistics": [t.to_dict() for t in plan.output_stats]}
 
 
 def check_paths(input_path: Path, output: Path, resume: bool, overwrite: bool) -> None:
@@ -135,8 +170,10 @@ def execute(
         "tiles": 0,
         "evaluations": 0,
         "clipped": 0,
+        "pinned": 0,
         "done": 0,
         "ran_on": set(),
+        "batch": set(),
     }
     shared = SharedTiles.plan(plan.job, plan.tasks, tasks)
     tiles_total = sum(shared.tiles_in(plan.job, g) for g in shared.uses)
@@ -149,7 +186,9 @@ def execute(
 
     def on_done(result: dict[str, Any]) -> None:
         totals["ran_on"].update(result.get("ran_on", []))
+        totals["batch"].update(result.get("batch", []))
         totals["clipped"] += result["clipped"]
+        totals["pinned"] += result.get("pinned", 0)
         totals["done"] += 1
         if progress:
             progress(result, totals["done"], len(tasks))
@@ -171,6 +210,29 @@ def execute(
             f"{type(exc).__name__}: {exc}. Finished blocks are kept; fix the cause, then: {hint}"
         ) from exc
     return totals
+
+
+def calibration_note(plan: RunPlan) -> dict[str, Any]:
+    """What the manifest says about the calibrated outputs: which calibration made them, or
+    why there are none."""
+    found = plan.job.calibration
+    if found is not None:
+        return {
+            "applied": True,
+            "coverage": plan.settings.coverage,
+            "data": found["data"],
+            "regions": found["regions"],
+            "key": found["key"],
+        }
+    if not plan.model.objective.sampled:
+        return {"applied": False, "why": "a one-pass model has no spread to calibrate"}
+    stored = [entry.get("key") for entry in plan.model.calibrations]
+    return {
+        "applied": False,
+        "why": "the model has no calibration for these settings "
+        f"({plan.settings.calibration_key()}); it has {len(stored)} for others. "
+        "Make one with: bigrestore calibrate MODEL --low L.zarr --high H.zarr (same sampler options)",
+    }
 
 
 def finish(
@@ -201,13 +263,19 @@ def finish(
             "output_scale": plan.settings.output_scale,
         },
         "outputs": [p.path for p in plan.outputs],
+        "calibration": calibration_note(plan),
         "blocks": len(plan.tasks),
         "cost": plan.cost.to_dict(),
         "blocks_this_run": totals["done"],
         "tiles_this_run": totals["tiles"],
         "network_evaluations_this_run": totals["evaluations"],
         "clipped_pixels": totals["clipped"],
+        "pinned_pixels": totals["pinned"],
+        "clipping": "clipped_pixels: mean values outside the output dtype's range, clipped when cast; "
+        "pinned_pixels: pixels whose every sample ended at the sampler's clip bound (--clip-bound, "
+        "model space), i.e. highlights the sampler truncated",
         "ran_on": sorted(totals["ran_on"]),
+        "network_batch": sorted(totals["batch"]),
         "compute_seconds": round(compute_seconds, 3),
         "total_seconds": round(time.perf_counter() - started, 3),
         "cluster": {
@@ -263,7 +331,8 @@ def restore(
         cluster.torch_threads(),
         allow_missing_chunks,
     )
-    record = run_record(plan, version, cluster, series)
+    plan, scale_record = settle_output_scale(plan, output, resume, device, cluster.torch_threads())
+    record = {**run_record(plan, version, cluster, series), "output_scale": scale_record}
     started = time.perf_counter()
     try:  # the cluster first: a scheduler that cannot be reached is refused before anything is written
         with (

@@ -18,8 +18,8 @@ from bigrestore.devices import PRECISIONS
 from bigrestore.diffusion.samplers import SamplerSettings
 from bigrestore.errors import UsageError
 
-OUTPUT_DTYPES = ("float32", "uint16", "uint8")
-OUTPUT_SCALES = ("target", "input")
+OUTPUT_DTYPES = ("auto", "float32", "uint16", "uint8")
+OUTPUT_SCALES = ("input", "target")
 #: Largest run seed: noise keys hold signed 64-bit integers.
 MAX_SEED = 2**63 - 1
 
@@ -35,10 +35,13 @@ class RunSettings(BaseModel):
     - ``seed``: the run seed of the position-keyed noise.
     - ``batch``: network batch (tiles x samples) per call; padded so results do not depend on it.
       None = auto: 8 on a CPU, the largest that fits on a GPU (bigrestore.run.batching).
-    - ``dtype``/``output_scale``: the mean's dtype and intensity scale (input or the model's
-      training target).
+    - ``dtype``/``output_scale``: the mean's dtype (auto: the input's integer dtype, else
+      float32) and intensity scale: ``input`` (the input's units, fitted so that brightness
+      is preserved: bigrestore.run.scale) or ``target`` (the model's training targets).
     - ``chunk``/``chunks_per_block``: output chunk side in YX and chunks per block side.
     - ``precision``: network arithmetic (bigrestore.devices.autocast_dtype).
+    - ``coverage``: the level of the calibrated interval (lower/upper) written when the
+      model carries a calibration for these settings.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -49,14 +52,15 @@ class RunSettings(BaseModel):
     overlap: Annotated[StrictInt, Field(ge=0)] | None = None
     seed: Annotated[StrictInt, Field(ge=0, le=MAX_SEED)] = 0
     batch: PositiveInt | None = None
-    dtype: Literal["float32", "uint16", "uint8"] = "float32"
-    output_scale: Literal["target", "input"] = "target"
+    dtype: Literal["auto", "float32", "uint16", "uint8"] = "auto"
+    output_scale: Literal["input", "target"] = "input"
     chunk: Annotated[StrictInt, Field(ge=8)] = 512
     chunks_per_block: PositiveInt = 1
     save_samples: StrictBool = False
+    coverage: Literal[0.8, 0.9, 0.95] = 0.9
     precision: Literal[PRECISIONS] = "auto"  # type: ignore[valid-type]
 
-    def resolved(self, train_resolution: int) -> RunSettings:
+    def resolved(self, train_resolution: int, input_dtype: Any = "float32") -> RunSettings:
         """Tile defaults to twice the model's training patch size, overlap to a quarter tile.
 
         Why twice: a tile's border pixels see zero padding instead of image, and with tiles of
@@ -66,10 +70,24 @@ class RunSettings(BaseModel):
         area it was trained on."""
         tile = self.tile or 2 * train_resolution
         overlap = self.overlap if self.overlap is not None else tile // 4
-        return self.model_copy(update={"tile": tile, "overlap": overlap})
+        dtype = self.dtype
+        if dtype == "auto":
+            name = str(input_dtype)
+            dtype = name if name in ("uint8", "uint16") else "float32"
+        return self.model_copy(update={"tile": tile, "overlap": overlap, "dtype": dtype})
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump()
+
+    def calibration_key(self) -> dict[str, Any]:
+        """What a calibration is made for (and only applies to): the sampler's settings, the
+        number of samples and the tiling (resolved settings)."""
+        return {
+            "samples": self.samples,
+            **self.sampling.model_dump(),
+            "tile": self.tile,
+            "overlap": self.overlap,
+        }
 
     def changed(self, **changes: Any) -> RunSettings:
         """A validated copy with some settings changed (sampler settings may be given flat)."""

@@ -39,6 +39,9 @@ class RunJob:
     multiple: int
     device: str = "auto"
     torch_threads: int = 0
+    #: The model's calibration for these sampler settings (bigrestore.diffusion.calibration),
+    #: None when it has none: the calibrated outputs are then not written.
+    calibration: dict[str, Any] | None = None
 
     @property
     def grid(self) -> TileGrid:
@@ -47,7 +50,12 @@ class RunJob:
         return TileGrid(height, width, s.tile, s.overlap, self.multiple)
 
     def outputs(self) -> list[PlannedOutput]:
-        return planned_outputs(self.sampled, self.settings.samples, self.settings.save_samples)
+        return planned_outputs(
+            self.sampled,
+            self.settings.samples,
+            self.settings.save_samples,
+            self.calibration is not None,
+        )
 
     def evaluations_per_tile(self) -> int:
         """Network evaluations (tiles through the network once) per tile of this run."""

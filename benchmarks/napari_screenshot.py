@@ -1,0 +1,128 @@
+"""Open a run output in napari with napari-ome-zarr, as a user would, and save a screenshot.
+
+What a user sees when they open ``bigrestore demo`` outputs (or any run output) in napari: the
+raw input, the restored mean, the pixel std and the entropy, side by side in napari's grid
+mode, each read by the napari-ome-zarr plugin from its multiscale OME-Zarr with the display
+window (contrast limits) from the store's OMERO metadata. Nothing here is a project dependency:
+
+    apt-get install -y xvfb                                    # a virtual display (headless)
+    pip install 'napari>=0.5' napari-ome-zarr PyQt5            # or: pip install -e '.[viewer]'
+    bigrestore demo --out bigrestore-demo
+    xvfb-run -a -s "-screen 0 1600x1000x24" python benchmarks/napari_screenshot.py \\
+        bigrestore-demo/restored.zarr --input bigrestore-demo/sample_low.zarr \\
+        --out docs/img/napari-demo.png
+
+The script checks what napari shows (one layer per image, the data of level 0 equal to the
+store's, contrast limits = the OMERO window) and prints it, then writes the canvas as a PNG
+(palette-quantised to keep it small). Exit 1 when a check fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+OUTPUTS = ("mean", "std", "entropy")
+
+
+def omero_window(image: Path) -> tuple[float, float] | None:
+    """The first channel's OMERO display window (start, end) of an image group, if any."""
+    for name, key in (("zarr.json", "attributes"), (".zattrs", None)):
+        if (image / name).is_file():
+            attrs = json.loads((image / name).read_text())
+            attrs = attrs.get(key, {}) if key else attrs
+            omero = attrs.get("ome", attrs).get("omero") or {}
+            channels = omero.get("channels") or [{}]
+            window = channels[0].get("window")
+            return (float(window["start"]), float(window["end"])) if window else None
+    return None
+
+
+def open_layers(viewer, images: list[tuple[str, Path]]) -> list[dict]:
+    """Open each image through napari-ome-zarr; return what napari shows for each."""
+    shown = []
+    for label, path in images:
+        layers = viewer.open(str(path), plugin="napari-ome-zarr")
+        for layer in layers:
+            layer.name = label
+            window = omero_window(path)
+            level0 = np.asarray(layer.data[0] if layer.multiscale else layer.data)
+            shown.append(
+                {
+                    "layer": label,
+                    "path": str(path),
+                    "levels": len(layer.data) if layer.multiscale else 1,
+                    "shape": list(level0.shape),
+                    "contrast_limits": [float(v) for v in layer.contrast_limits],
+                    "omero_window": list(window) if window else None,
+                    "colormap": layer.colormap.name,
+                }
+            )
+    return shown
+
+
+def check(shown: list[dict], images: list[tuple[str, Path]]) -> list[str]:
+    """What is wrong with what napari shows (empty when all is right)."""
+    import zarr
+
+    problems = []
+    if len(shown) != len(images):
+        problems.append(f"{len(images)} images gave {len(shown)} layers")
+    for item, (_, path) in zip(shown, images, strict=False):
+        stored = zarr.open_array(str(path / "0"), mode="r").shape
+        if tuple(item["shape"]) != tuple(stored):
+            problems.append(f"{item['layer']}: shape {item['shape']} != stored {stored}")
+        window = item["omero_window"]
+        if window and not np.allclose(item["contrast_limits"], window, rtol=1e-4):
+            problems.append(
+                f"{item['layer']}: contrast limits {item['contrast_limits']} != OMERO window {window}"
+            )
+    return problems
+
+
+def save_small_png(pixels: np.ndarray, out: Path, colors: int = 128) -> None:
+    """RGBA canvas → palette PNG (enough for greyscale images and napari's UI colours)."""
+    from PIL import Image
+
+    image = Image.fromarray(np.ascontiguousarray(pixels[..., :3]))
+    image.quantize(colors=colors, method=Image.Quantize.MEDIANCUT).save(out, optimize=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "result", type=Path, help="a run output, e.g. bigrestore-demo/restored.zarr"
+    )
+    parser.add_argument("--input", type=Path, help="the raw input store, shown first")
+    parser.add_argument("--out", type=Path, default=Path("napari-screenshot.png"))
+    parser.add_argument("--size", default="1500x560", help="canvas size WxH in pixels")
+    args = parser.parse_args(argv)
+
+    import napari
+
+    images = [("input", args.input)] if args.input else []
+    images += [(name, args.result / name) for name in OUTPUTS if (args.result / name).is_dir()]
+    width, height = (int(v) for v in args.size.split("x"))
+    viewer = napari.Viewer(show=True, title="bigrestore demo")
+    viewer.window.resize(width + 40, height + 120)
+    shown = open_layers(viewer, images)
+    viewer.grid.enabled = True
+    viewer.grid.shape = (1, len(shown))
+    viewer.reset_view()
+    pixels = viewer.screenshot(canvas_only=True, size=(height, width), flash=False)
+    save_small_png(pixels, args.out)
+    problems = check(shown, images)
+    report = {"napari": napari.__version__, "layers": shown, "screenshot": str(args.out)}
+    print(json.dumps(report, indent=1))
+    viewer.close()
+    for problem in problems:
+        print("problem:", problem, file=sys.stderr)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
