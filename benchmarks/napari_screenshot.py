@@ -99,7 +99,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--input", type=Path, help="the raw input store, shown first")
     parser.add_argument("--out", type=Path, default=Path("napari-screenshot.png"))
-    parser.add_argument("--size", default="1500x560", help="canvas size WxH in pixels")
+    parser.add_argument("--size", default="1400x620", help="window size WxH in pixels")
+    parser.add_argument(
+        "--canvas-only", action="store_true", help="only the canvas, without napari's panels"
+    )
     args = parser.parse_args(argv)
 
     import napari
@@ -108,12 +111,16 @@ def main(argv: list[str] | None = None) -> int:
     images += [(name, args.result / name) for name in OUTPUTS if (args.result / name).is_dir()]
     width, height = (int(v) for v in args.size.split("x"))
     viewer = napari.Viewer(show=True, title="bigrestore demo")
-    viewer.window.resize(width + 40, height + 120)
+    viewer.window.resize(width, height)
     shown = open_layers(viewer, images)
     viewer.grid.enabled = True
     viewer.grid.shape = (1, len(shown))
+    viewer.layers.selection.active = viewer.layers[-1]
+    app = napari.qt.get_qapp()
+    app.processEvents()  # let the window take its size before fitting the view to it
     viewer.reset_view()
-    pixels = viewer.screenshot(canvas_only=True, size=(height, width), flash=False)
+    app.processEvents()
+    pixels = viewer.screenshot(canvas_only=args.canvas_only, flash=False)
     save_small_png(pixels, args.out)
     problems = check(shown, images)
     report = {"napari": napari.__version__, "layers": shown, "screenshot": str(args.out)}

@@ -53,12 +53,12 @@ from bigrestore.diffusion.objectives import get_objective
 from bigrestore.io.meta import default_meta
 from bigrestore.io.write import write_image
 from bigrestore.model.files import load_model
-from bigrestore.run.block import cut, normalise, read_tiles_region, sample_tiles
 from bigrestore.run.cluster import ClusterSpec
 from bigrestore.run.plan import make_plan
 from bigrestore.run.restore import restore
 from bigrestore.run.settings import RunSettings, bundled_model_path, run_settings
 from bigrestore.run.tasks import RunJob
+from bigrestore.run.tiles import cut, normalise, read_tiles_region, sample_tiles
 from bigrestore.run.tiling import TileGrid, plan_blocks
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "w2s" / "val_low.tif"

@@ -21,7 +21,7 @@ import numpy as np
 
 from bigrestore.intensity import Stats, from_model, std_from_model
 
-Units = Literal["intensity", "spread", "bits"]
+Units = Literal["intensity", "spread", "bits", "flag"]
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,8 @@ class OutputVolume:
     the clipped pixels counted); anything else is that numpy dtype. ``sampled_only``: written
     only by objectives that draw samples (a one-pass model has no spread). ``calibrated_only``:
     written only when the model carries a calibration for the run's sampler settings
-    (bigrestore.diffusion.calibration). ``per_sample``: one
+    (bigrestore.diffusion.calibration). ``skipping_only``: written when the run skips
+    background tiles (bigrestore.run.background). ``per_sample``: one
     volume per sample, named ``name/NN.zarr``, written with ``--save-samples``.
     """
 
@@ -44,6 +45,7 @@ class OutputVolume:
     sampled_only: bool = False
     per_sample: bool = False
     calibrated_only: bool = False
+    skipping_only: bool = False
 
     def to_units(self, values: np.ndarray, stats: Stats) -> np.ndarray:
         """Model-space values (one channel) → float32 in the output's units."""
@@ -54,6 +56,7 @@ UNIT_MAPS: dict[Units, Callable[[np.ndarray, Stats], np.ndarray]] = {
     "intensity": from_model,
     "spread": std_from_model,
     "bits": lambda values, stats: np.asarray(values, dtype=np.float32),
+    "flag": lambda values, stats: (np.asarray(values) > 0).astype(np.float32),
 }
 
 OUTPUTS: tuple[OutputVolume, ...] = (
@@ -112,6 +115,15 @@ OUTPUTS: tuple[OutputVolume, ...] = (
         sampled_only=True,
         calibrated_only=True,
     ),
+    OutputVolume(
+        "skipped",
+        "skipped",
+        "flag",
+        "uint8",
+        "1 where a background tile was given one first estimate instead of N samples",
+        sampled_only=True,
+        skipping_only=True,
+    ),
 )
 BY_NAME = {volume.name: volume for volume in OUTPUTS}
 
@@ -127,7 +139,11 @@ class PlannedOutput:
 
 
 def planned_outputs(
-    sampled: bool, samples: int, save_samples: bool, calibrated: bool = False
+    sampled: bool,
+    samples: int,
+    save_samples: bool,
+    calibrated: bool = False,
+    skipping: bool = False,
 ) -> list[PlannedOutput]:
     """The outputs of a run, in writing order: every row that applies to the objective
     (``sampled``) and, with ``calibrated``, the calibrated rows; per-sample rows expand to
@@ -135,6 +151,8 @@ def planned_outputs(
     planned = []
     for volume in OUTPUTS:
         if (volume.sampled_only and not sampled) or (volume.calibrated_only and not calibrated):
+            continue
+        if volume.skipping_only and not skipping:
             continue
         if volume.per_sample:
             if save_samples:

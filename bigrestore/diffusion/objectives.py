@@ -60,6 +60,9 @@ class Objective:
     loss: Loss
     #: (network output, y_t, ab_t) -> (x0 estimate, eps estimate), float32; sampled objectives only.
     denoise: Denoise | None = None
+    #: Whether one call from pure noise already estimates the clean image well (the conditional
+    #: mean): what background tiles get instead of N samples (bigrestore.run.background).
+    first_estimate: bool = False
 
     def validation(self, sampling: str) -> str:
         """What a validation MAE of this objective measures (stored in the provenance)."""
@@ -176,6 +179,7 @@ V_DIFFUSION = Objective(
     sampled=True,
     loss=v_loss,
     denoise=v_denoise,
+    first_estimate=True,
 )
 REGRESSION = Objective(
     name="regression",

@@ -265,8 +265,9 @@ def run_blocks(
         while pending and len(running) < window:
             submit_next()
         for future in completed:
-            if future in tiles_of:  # a tile group finished (its result stays for its blocks)
-                future.result()  # raises here if the group failed
+            if future in tiles_of:  # a tile group finished; its result stays on the workers
+                if future.status == "error":
+                    future.result()  # raises the group's error here
                 on_tiles(tiles_of.pop(future))
                 continue
             task = running.pop(future)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from bigrestore.errors import BadInputError, IncompatibleModelError, MissingInputError, describe
-from bigrestore.intensity import Stats, percentile_stats
+from bigrestore.intensity import Stats, percentile_stats, to_model
 from bigrestore.io.images import OpenedImage, chunk_census, open_image
 from bigrestore.io.meta import ImageMeta
 from bigrestore.io.runstore import LevelZero
@@ -111,10 +111,9 @@ def channel_groups(model: ModelInfo, selected: list[int]) -> list[Group]:
     )
 
 
-def input_statistics(
-    image: OpenedImage, channels: list[int], p_low: float, p_high: float
-) -> dict[int, Stats]:
-    """Volume-global percentiles per channel, from the coarsest level still ≥ ~1 MPixel per plane."""
+def statistics_sample(image: OpenedImage, channel: int) -> np.ndarray:
+    """A strided sample of one channel's planes, (n, y, x), from the coarsest level still
+    ≥ ~1 MPixel per plane, of at most ~STATS_PIXELS pixels: what the statistics look at."""
     level = 0
     axes = image.meta.axes
     iy, ix = axes.index("y"), axes.index("x")
@@ -122,20 +121,52 @@ def input_statistics(
         if shape[iy] * shape[ix] >= STATS_LEVEL_PIXELS or index == 0:
             level = index
     data = open_image(image.path, level=level).data if level else image.data
-    stats = {}
-    for c in channels:
-        sub = data[(slice(None),) * axes.index("c") + (c,)] if "c" in axes else data
-        planes = sub.reshape((-1, *sub.shape[-2:]))
-        keep = max(1, int(STATS_PIXELS // (sub.shape[-2] * sub.shape[-1])))
-        step = max(1, -(-planes.shape[0] // keep))
-        try:
-            values = np.asarray(planes[::step].compute())
-        except (RuntimeError, ValueError, OSError) as exc:  # e.g. a chunk that does not decode
-            raise BadInputError(
-                describe(image.path, "pixels", "readable chunks", f"{type(exc).__name__}: {exc}")
-            ) from exc
-        stats[c] = percentile_stats(values, p_low, p_high, where=f"{image.path} channel {c}")
-    return stats
+    sub = data[(slice(None),) * axes.index("c") + (channel,)] if "c" in axes else data
+    planes = sub.reshape((-1, *sub.shape[-2:]))
+    keep = max(1, int(STATS_PIXELS // (sub.shape[-2] * sub.shape[-1])))
+    step = max(1, -(-planes.shape[0] // keep))
+    try:
+        return np.asarray(planes[::step].compute())
+    except (RuntimeError, ValueError, OSError) as exc:  # e.g. a chunk that does not decode
+        raise BadInputError(
+            describe(image.path, "pixels", "readable chunks", f"{type(exc).__name__}: {exc}")
+        ) from exc
+
+
+def input_statistics(
+    image: OpenedImage, channels: list[int], p_low: float, p_high: float
+) -> dict[int, Stats]:
+    """Volume-global percentiles per channel (never per tile, block or plane)."""
+    return {
+        c: percentile_stats(
+            statistics_sample(image, c), p_low, p_high, where=f"{image.path} channel {c}"
+        )
+        for c in channels
+    }
+
+
+def plan_background(
+    image: OpenedImage,
+    selected: list[int],
+    stats: dict[int, Stats],
+    settings: RunSettings,
+    info: ModelInfo,
+) -> tuple[float | None, ...] | None:
+    """Per input channel, the background threshold in model space (bigrestore.run.background),
+    or None when the run does not skip: switched off, or the model has no first estimate."""
+    if settings.skip_background == "off" or not (
+        info.objective.sampled and info.objective.first_estimate
+    ):
+        return None
+    from bigrestore.run.background import estimate_threshold, threshold_from_user
+
+    thresholds: list[float | None] = [None] * (max(selected) + 1)
+    for c in selected:
+        if settings.background is not None:
+            thresholds[c] = threshold_from_user(settings.background, stats[c])
+        else:
+            thresholds[c] = estimate_threshold(to_model(statistics_sample(image, c), stats[c]))
+    return tuple(thresholds)
 
 
 def plan_tasks(
@@ -339,6 +370,7 @@ def make_plan(
         device=device,
         torch_threads=torch_threads,
         calibration=find_calibration(info, settings),
+        background=plan_background(image, selected, stats, settings, info) if statistics else None,
     )
     outputs = job.outputs()
     level0 = output_arrays(outputs, out_shape, image.meta.axes, settings)

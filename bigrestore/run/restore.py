@@ -171,6 +171,7 @@ def execute(
         "evaluations": 0,
         "clipped": 0,
         "pinned": 0,
+        "skipped": 0,
         "done": 0,
         "ran_on": set(),
         "batch": set(),
@@ -178,16 +179,19 @@ def execute(
     shared = SharedTiles.plan(plan.job, plan.tasks, tasks)
     tiles_total = sum(shared.tiles_in(plan.job, g) for g in shared.uses)
 
+    progressed = [0]
+
     def on_tiles(n: int) -> None:
-        totals["tiles"] += n
-        totals["evaluations"] += n * plan.job.evaluations_per_tile()
+        progressed[0] += n
         if tile_progress:
-            tile_progress(totals["tiles"], tiles_total)
+            tile_progress(progressed[0], tiles_total)
 
     def on_done(result: dict[str, Any]) -> None:
         totals["ran_on"].update(result.get("ran_on", []))
         totals["batch"].update(result.get("batch", []))
         totals["clipped"] += result["clipped"]
+        for key in ("tiles", "evaluations", "skipped"):
+            totals[key] += result.get(key, 0)
         totals["pinned"] += result.get("pinned", 0)
         totals["done"] += 1
         if progress:
@@ -210,6 +214,25 @@ def execute(
             f"{type(exc).__name__}: {exc}. Finished blocks are kept; fix the cause, then: {hint}"
         ) from exc
     return totals
+
+
+def background_note(plan: RunPlan) -> dict[str, Any]:
+    """Whether background tiles were skipped, with which thresholds (model space), or why not."""
+    if plan.job.background is not None:
+        thresholds = {str(c): plan.job.background[c] for c in plan.channels}
+        return {
+            "skipping": True,
+            "thresholds_model_space": thresholds,
+            "how": "tiles whose smoothed input stays below the threshold get one first estimate "
+            "(std 0; see OUTPUT/skipped)",
+        }
+    if plan.settings.skip_background == "off":
+        return {"skipping": False, "why": "--skip-background off"}
+    return {
+        "skipping": False,
+        "why": f"the model's objective ({plan.model.objective.name}) has no one-call "
+        "clean-image estimate",
+    }
 
 
 def calibration_note(plan: RunPlan) -> dict[str, Any]:
@@ -269,6 +292,8 @@ def finish(
         "blocks_this_run": totals["done"],
         "tiles_this_run": totals["tiles"],
         "network_evaluations_this_run": totals["evaluations"],
+        "skipped_tiles_this_run": totals["skipped"],
+        "background": background_note(plan),
         "clipped_pixels": totals["clipped"],
         "pinned_pixels": totals["pinned"],
         "clipping": "clipped_pixels: mean values outside the output dtype's range, clipped when cast; "

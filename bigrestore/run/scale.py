@@ -37,7 +37,7 @@ def fit_tiles(
 ) -> list[tuple[int, tuple[int, int]]]:
     """(task index, tile origin) of the tiles to restore: ``candidates`` spread evenly over the
     planes and positions of the plan, of which the ``chosen`` with the largest input variance."""
-    from bigrestore.run.block import normalise, read_tiles_region
+    from bigrestore.run.tiles import normalise, read_tiles_region
 
     grid = plan.job.grid
     pool = [
@@ -59,7 +59,7 @@ def fit_output_scale(
 ) -> tuple[RunPlan, dict]:
     """``plan`` with its output statistics replaced by the least-squares fit of the input on
     the restored mean (per output channel), and a record of the fit for the manifest."""
-    from bigrestore.run.block import compute_tiles, read_tiles_region
+    from bigrestore.run.tiles import compute_tiles, read_tiles_region
 
     grid = plan.job.grid
     pairs: dict[int, tuple[list[np.ndarray], list[np.ndarray]]] = {}

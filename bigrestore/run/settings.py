@@ -40,6 +40,11 @@ class RunSettings(BaseModel):
       is preserved: bigrestore.run.scale) or ``target`` (the model's training targets).
     - ``chunk``/``chunks_per_block``: output chunk side in YX and chunks per block side.
     - ``precision``: network arithmetic (bigrestore.devices.autocast_dtype).
+    - ``skip_background``/``background``: give tiles that are pure background one first
+      estimate instead of N samples (auto: where the model has a first estimate and the image
+      a clear background; threshold estimated, or ``background`` in the input's units).
+    - ``shared_noise``: the same sampling noise for the same tile position along t and/or z
+      (coherent time-lapses and stacks) instead of independent noise per plane.
     - ``coverage``: the level of the calibrated interval (lower/upper) written when the
       model carries a calibration for these settings.
     """
@@ -58,6 +63,9 @@ class RunSettings(BaseModel):
     chunks_per_block: PositiveInt = 1
     save_samples: StrictBool = False
     coverage: Literal[0.8, 0.9, 0.95] = 0.9
+    skip_background: Literal["auto", "off"] = "auto"
+    background: Annotated[float, Field(allow_inf_nan=False)] | None = None
+    shared_noise: Literal["none", "t", "z", "tz"] = "none"
     precision: Literal[PRECISIONS] = "auto"  # type: ignore[valid-type]
 
     def resolved(self, train_resolution: int, input_dtype: Any = "float32") -> RunSettings:

@@ -42,6 +42,9 @@ class RunJob:
     #: The model's calibration for these sampler settings (bigrestore.diffusion.calibration),
     #: None when it has none: the calibrated outputs are then not written.
     calibration: dict[str, Any] | None = None
+    #: Per input channel, the background threshold in model space (bigrestore.run.background;
+    #: None for a channel without one); None when the run does not skip background tiles.
+    background: tuple[float | None, ...] | None = None
 
     @property
     def grid(self) -> TileGrid:
@@ -55,6 +58,7 @@ class RunJob:
             self.settings.samples,
             self.settings.save_samples,
             self.calibration is not None,
+            self.background is not None,
         )
 
     def evaluations_per_tile(self) -> int:
