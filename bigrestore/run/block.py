@@ -106,6 +106,11 @@ def assemble_block(job: RunJob, task: BlockTask, results: list[TileResults]) -> 
         job.sampled and sampling.clip_x0
     ):  # every sample ended at the clip bound: a truncated highlight
         pinned = int(np.count_nonzero(np.abs(blended["mean"]) >= sampling.clip_bound * (1 - 1e-6)))
+    saturated = 0  # pixels whose entropy is log2(N): every sample a different 8-bit level
+    if "entropy" in blended and job.settings.samples > 1:
+        saturated = int(
+            np.count_nonzero(blended["entropy"] >= np.log2(job.settings.samples) - 1e-6)
+        )
     clipped = 0
     for planned in job.outputs():
         values, clipped_here = to_output_units(planned, blended, out_stats, job.settings.dtype)
@@ -118,6 +123,8 @@ def assemble_block(job: RunJob, task: BlockTask, results: list[TileResults]) -> 
         "block": task.name,
         "clipped": clipped,
         "pinned": pinned,
+        "entropy_saturated": saturated,
+        "pixels": int(np.prod(blended["mean"].shape)),
         "tiles": sum(len(r.origins) for r in own),
         "evaluations": sum(r.evaluations for r in own),
         "skipped": sum(r.skipped for r in own),

@@ -29,6 +29,7 @@ from bigrestore.io.paths import check_output, written_by_bigrestore
 from bigrestore.io.runstore import RunStore, output_lock, refuse_if_locked
 from bigrestore.io.write import PYRAMID_MIN_SIDE
 from bigrestore.run.cluster import ClusterSpec, check_gpus, open_client, run_blocks
+from bigrestore.run.notes import background_note, calibration_note, entropy_note
 from bigrestore.run.settings import RunSettings, default_output
 from bigrestore.run.tasks import BlockTask
 
@@ -172,6 +173,8 @@ def execute(
         "clipped": 0,
         "pinned": 0,
         "skipped": 0,
+        "entropy_saturated": 0,
+        "pixels": 0,
         "done": 0,
         "ran_on": set(),
         "batch": set(),
@@ -190,7 +193,7 @@ def execute(
         totals["ran_on"].update(result.get("ran_on", []))
         totals["batch"].update(result.get("batch", []))
         totals["clipped"] += result["clipped"]
-        for key in ("tiles", "evaluations", "skipped"):
+        for key in ("tiles", "evaluations", "skipped", "entropy_saturated", "pixels"):
             totals[key] += result.get(key, 0)
         totals["pinned"] += result.get("pinned", 0)
         totals["done"] += 1
@@ -214,48 +217,6 @@ def execute(
             f"{type(exc).__name__}: {exc}. Finished blocks are kept; fix the cause, then: {hint}"
         ) from exc
     return totals
-
-
-def background_note(plan: RunPlan) -> dict[str, Any]:
-    """Whether background tiles were skipped, with which thresholds (model space), or why not."""
-    if plan.job.background is not None:
-        thresholds = {str(c): plan.job.background[c] for c in plan.channels}
-        return {
-            "skipping": True,
-            "thresholds_model_space": thresholds,
-            "how": "tiles whose smoothed input stays below the threshold get one first estimate "
-            "(std 0; see OUTPUT/skipped)",
-        }
-    if plan.settings.skip_background == "off":
-        return {"skipping": False, "why": "--skip-background off"}
-    return {
-        "skipping": False,
-        "why": f"the model's objective ({plan.model.objective.name}) has no one-call "
-        "clean-image estimate",
-    }
-
-
-def calibration_note(plan: RunPlan) -> dict[str, Any]:
-    """What the manifest says about the calibrated outputs: which calibration made them, or
-    why there are none."""
-    found = plan.job.calibration
-    if found is not None:
-        return {
-            "applied": True,
-            "coverage": plan.settings.coverage,
-            "data": found["data"],
-            "regions": found["regions"],
-            "key": found["key"],
-        }
-    if not plan.model.objective.sampled:
-        return {"applied": False, "why": "a one-pass model has no spread to calibrate"}
-    stored = [entry.get("key") for entry in plan.model.calibrations]
-    return {
-        "applied": False,
-        "why": "the model has no calibration for these settings "
-        f"({plan.settings.calibration_key()}); it has {len(stored)} for others. "
-        "Make one with: bigrestore calibrate MODEL --low L.zarr --high H.zarr (same sampler options)",
-    }
 
 
 def finish(
@@ -293,6 +254,7 @@ def finish(
         "tiles_this_run": totals["tiles"],
         "network_evaluations_this_run": totals["evaluations"],
         "skipped_tiles_this_run": totals["skipped"],
+        "entropy": entropy_note(plan, totals),
         "background": background_note(plan),
         "clipped_pixels": totals["clipped"],
         "pinned_pixels": totals["pinned"],
