@@ -5,16 +5,21 @@ raw input, the restored mean, the pixel std and the entropy, side by side in nap
 mode, each read by the napari-ome-zarr plugin from its multiscale OME-Zarr with the display
 window (contrast limits) from the store's OMERO metadata. Nothing here is a project dependency:
 
-    apt-get install -y xvfb                                    # a virtual display (headless)
-    pip install 'napari>=0.5' napari-ome-zarr PyQt5            # or: pip install -e '.[viewer]'
+    # a virtual display and the X libraries Qt's xcb platform plugin loads (Debian 12)
+    apt-get install -y xvfb libxcb-cursor0 libxcb-icccm4 libxcb-keysyms1 libxcb-xinerama0 \\
+        libxcb-image0 libxcb-render-util0 libxkbcommon-x11-0 libgl1 libegl1
+    pip install 'napari>=0.5' 'napari-ome-zarr>=0.10' PyQt6   # or: pip install -e '.[viewer]'
     bigrestore demo --out bigrestore-demo
     xvfb-run -a -s "-screen 0 1600x1000x24" python benchmarks/napari_screenshot.py \\
         bigrestore-demo/restored.zarr --input bigrestore-demo/sample_low.zarr \\
         --out docs/img/napari-demo.png
 
-The script checks what napari shows (one layer per image, the data of level 0 equal to the
-store's, contrast limits = the OMERO window) and prints it, then writes the canvas as a PNG
-(palette-quantised to keep it small). Exit 1 when a check fails.
+(Made with napari 0.9.2, napari-ome-zarr 0.10.0 and PyQt6 6.11 in a virtual environment of
+their own; with PyQt5, napari 0.9 shows a deprecation notice over the canvas.)
+
+The script checks what napari shows (one layer per image, level 0 of the store's shape,
+contrast limits = the OMERO window) and prints it, then writes the window (``--canvas-only``:
+the canvas alone) as a palette PNG, small enough for the docs. Exit 1 when a check fails.
 """
 
 from __future__ import annotations
@@ -99,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--input", type=Path, help="the raw input store, shown first")
     parser.add_argument("--out", type=Path, default=Path("napari-screenshot.png"))
-    parser.add_argument("--size", default="1400x620", help="window size WxH in pixels")
+    parser.add_argument("--size", default="1400x760", help="window size WxH in pixels")
     parser.add_argument(
         "--canvas-only", action="store_true", help="only the canvas, without napari's panels"
     )
@@ -113,8 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     viewer = napari.Viewer(show=True, title="bigrestore demo")
     viewer.window.resize(width, height)
     shown = open_layers(viewer, images)
-    viewer.grid.enabled = True
-    viewer.grid.shape = (1, len(shown))
+    grid = viewer.canvas.grid if hasattr(viewer, "canvas") else viewer.grid  # napari >= 0.9
+    grid.enabled = True
+    grid.shape = (1, len(shown))
     viewer.layers.selection.active = viewer.layers[-1]
     app = napari.qt.get_qapp()
     app.processEvents()  # let the window take its size before fitting the view to it

@@ -181,6 +181,8 @@ def test_report_renders_in_headless_chromium(tmp_path):
         "high.zarr",
     ):
         assert needed in page, needed
+    oracle_row = next(r for r in page.split("<tr>") if "best sigma per image (uses" in r)
+    assert "★" not in oracle_row  # it chose its sigma with the ground truth: never "best"
     sources = re.findall(r'<img src="([^"]+)"', page)
     assert len(sources) == 3 * 4 + 3 + 2 and all((out / s).is_file() for s in sources)
     # no path of this machine: not the test's directory, no site-packages, no rooted path

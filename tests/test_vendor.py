@@ -4,7 +4,9 @@ sizes, channel names and scenes; plane-by-plane streaming; a clear error without
 Samples (tests/data/README.md): a real Zeiss CZI (NEUBIAS training resources, CC BY 4.0) and a
 real Nikon ND2 (pims_nd2, BSD-3-Clause) are committed; the OME-TIFF is written here with
 tifffile and the LIF with a minimal writer of Leica's container layout (below), read back by
-bioio-lif's own reader (liffile)."""
+bioio-lif's own reader (liffile): no LIF written by Leica software was found that is under
+1 MB and may be shipped here (bioio-lif's and readlif's test files are GPL-3.0 or kept in Git
+LFS, others are larger or without a licence)."""
 
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ from conftest import validate_ngff
 from bigrestore.cli import cli
 from bigrestore.io import vendor
 from bigrestore.io.convert import convert_image
-from bigrestore.io.images import open_image
+from bigrestore.io.images import chunk_census, open_image
 
 DATA = Path(__file__).parent / "data"
 CZI = DATA / "xyz__multiple_images.czi"
@@ -233,19 +235,21 @@ def _fake_bioimage(data: da.Array, order: str, names: list[str]) -> SimpleNamesp
 
 
 def test_conversion_reads_one_plane_at_a_time(tmp_path, monkeypatch):
-    """A 4-D (T, C, Z, Y, X) image of 24 planes: every plane is read exactly once, one at a
-    time, and written before the next is read."""
-    reads: list[tuple[int, ...]] = []
-    live = {"now": 0, "max": 0}
+    """A (T, C, Z, Y, X) image of 24 planes: every plane is read exactly once, and each is
+    written (its 6 chunks on disk, all-zero ones too) before the next one is read: one plane
+    in memory."""
     shape = (2, 3, 4, 32, 48)
+    out = tmp_path / "big.zarr"
+    reads: list[tuple[tuple[int, ...], int]] = []
+
+    def chunks_on_disk() -> int:
+        level0 = out / "0"
+        return sum(1 for p in level0.rglob("*") if p.is_file() and p.name != "zarr.json")
 
     def plane(index: tuple[int, ...]) -> np.ndarray:
-        reads.append(index)
-        live["now"] += 1
-        live["max"] = max(live["max"], live["now"])
-        value = np.full((1, 1, 1) + shape[3:], sum(i * 10**k for k, i in enumerate(index)))
-        live["now"] -= 1
-        return value.astype(np.uint16)
+        reads.append((index, chunks_on_disk()))
+        value = sum(i * 10**k for k, i in enumerate(index))  # plane 0 is all zeros
+        return np.full((1, 1, 1) + shape[3:], value, dtype=np.uint16)
 
     blocks = np.empty(shape[:3], dtype=object)
     for index in np.ndindex(*shape[:3]):
@@ -257,12 +261,15 @@ def test_conversion_reads_one_plane_at_a_time(tmp_path, monkeypatch):
     monkeypatch.setattr(vendor, "_bioimage", lambda path, suffix: fake)
     source = tmp_path / "big.czi"
     source.write_bytes(b"not read: the reader is mocked")
-    out = convert_image(source, tmp_path / "big.zarr", chunks=16)
-    assert sorted(reads) == sorted(np.ndindex(*shape[:3])) and live["max"] == 1
-    image = open_image(out.path)
+    converted = convert_image(source, out, chunks=16)
+    assert [index for index, _ in reads] == list(np.ndindex(*shape[:3]))  # each once, in order
+    assert [written for _, written in reads] == [6 * k for k in range(24)]  # 2 x 3 chunks/plane
+    image = open_image(converted.path)
     assert image.meta.axes == "tczyx" and image.chunks == (1, 1, 1, 16, 16)
     assert image.meta.scale == (2.5, 1.0, 1.0, 0.2, 0.2) and image.meta.units[0] == "second"
+    assert image.meta.channel_names == ("a", "b", "c")
     assert int(image.data[1, 2, 3, 0, 0].compute()) == 1 + 20 + 300
+    assert chunk_census(image) == (24 * 6, 24 * 6)  # the all-zero plane's chunks are stored
 
 
 def test_rgb_samples_become_channels(tmp_path, monkeypatch):

@@ -120,6 +120,12 @@ OPTIONS = [
     ),
     click.option("--no-gaussian", is_flag=True, help="Skip the Gaussian-filter baseline."),
     click.option(
+        "--gaussian-oracle",
+        is_flag=True,
+        help="Also score the Gaussian whose sigma is chosen per image with the ground truth (the "
+        "strongest classic baseline; never starred as best).",
+    ),
+    click.option(
         "--csv", "csv_path", type=click.Path(path_type=Path), help="Per-patch table (CSV)."
     ),
     click.option("--json", "json_path", type=click.Path(path_type=Path), help="Summary (JSON)."),
@@ -148,6 +154,7 @@ def command(
     lpips_weights: Path | None,
     tune_on: tuple[Path, Path] | None,
     no_gaussian: bool,
+    gaussian_oracle: bool,
     csv_path: Path | None,
     json_path: Path | None,
     overwrite: bool,
@@ -181,6 +188,7 @@ def command(
         samples=samples,
         model_dir=model_dir,
         gaussian_baseline=not no_gaussian,
+        gaussian_oracle=gaussian_oracle,
         val_for_sigma=tune_on or None,
         lpips_weights=lpips_weights,
         regions=[_region(r) for r in region] or None,

@@ -277,14 +277,18 @@ def region_html(k: int, fig: RegionFigure, directory: Path) -> str:
         )
     parts.append(save_png(profile_figure(fig), directory, f"r{k}_profile.png", "line profile"))
     maps = [
-        (t, v)
-        for t, v in (("pixel std (Eq. 15)", fig.std), ("entropy, bits (Eq. 16)", fig.entropy))
-        if v is not None
+        (title, values, unit)
+        for title, values, unit in (
+            ("pixel std of the samples (Eq. 15)", fig.std, "intensity, as stored"),
+            ("entropy of the samples (Eq. 16)", fig.entropy, "bits"),
+        )
+        if values is not None
     ]
     if maps:
+        panels = [(title, values) for title, values, _ in maps]
         parts.append(
             save_png(
-                image_figure(maps, "inferno", None, "as stored"),
+                image_figure(panels, "inferno", None, [unit for _, _, unit in maps]),
                 directory,
                 f"r{k}_uncertainty.png",
                 "uncertainty of the samples: pixel std and entropy",

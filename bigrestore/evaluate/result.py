@@ -57,13 +57,16 @@ class EvaluationResult:
     report: Path | None = None
 
     def best(self) -> dict[str, str]:
-        """Method with the best median per metric (closest to 1 for the resolution ratio)."""
+        """Method with the best median per metric (closest to 1 for the resolution ratio);
+        the per-image best Gaussian chose its sigma with the answer, so it is never "best"."""
         best = {}
         for metric in HIGHER_BETTER + LOWER_BETTER + NEAR_ONE:
             values = {
                 m: float(self.summary[m][metric]["median"])
                 for m in self.methods
-                if metric in self.summary[m] and not math.isnan(self.summary[m][metric]["median"])
+                if m != "gaussian-oracle"
+                and metric in self.summary[m]
+                and not math.isnan(self.summary[m][metric]["median"])
             }
             if len(values) >= 2:
                 best[metric] = min(values, key=lambda m: badness(metric, values[m]))

@@ -218,8 +218,8 @@ def write_planes(
     overwrite: bool,
     source: str | Path,
 ) -> Path:
-    """Write a lazy image one YX plane at a time (at most one plane in memory), then its
-    pyramid and NGFF metadata."""
+    """Write a lazy image one YX plane at a time (at most one plane in memory; every chunk
+    stored, all-zero ones included), then its pyramid and NGFF metadata."""
     destination = Path(destination)
     validate_axes(meta.axes, data.ndim, source)
     prepare_output(destination, overwrite, [Path(source)])
@@ -227,6 +227,9 @@ def write_planes(
         destination, tuple(data.shape), data.dtype, meta.axes, chunks, ngff_version
     )
     mark_written(destination)
+    # every chunk is stored, also all-zero ones (e.g. outside a mosaic's tiles): `run` refuses
+    # an image whose chunks are missing, since those read back as zeros without a trace
+    level0 = level0.with_config({"write_empty_chunks": True})
     for index in np.ndindex(*data.shape[:-2]):
         level0[index] = np.asarray(data[index].compute(scheduler="synchronous"))
     finalize_image(destination, meta, ngff_version)

@@ -50,6 +50,9 @@ def _create_array(
         chunks=chunks,
         fill_value=0,
         overwrite=True,
+        # store chunks equal to the fill value too: a converted image must hold every chunk,
+        # or `run` (which refuses inputs with absent chunks) would refuse its blank regions
+        config={"write_empty_chunks": True},
         **fmt.array_options(axes),
     )
 

@@ -10,13 +10,15 @@ shot and read noise around it), so regressing the input on the restored mean by 
 
 gives the a, b that put the restoration in the input's units with its brightness preserved.
 The tiles are chosen deterministically (the most structured of a spread sample) and restored
-with the run's own settings, so they are exactly the values the run writes there.
+cheaply: one first estimate each where the model has one (the conditional mean), else the
+mean of 2 samples; the fit averages over tens of thousands of pixels, so this costs a few
+network calls, not a share of the run.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -29,7 +31,7 @@ if TYPE_CHECKING:
 
 #: Tiles looked at, and restored, for the fit.
 CANDIDATES = 48
-FIT_TILES = 6
+FIT_TILES = 4
 
 
 def fit_tiles(
@@ -54,29 +56,61 @@ def fit_tiles(
     return [(index, origin) for _, index, origin in scored[:chosen]]
 
 
+def cheap_mean(
+    plan: RunPlan, task: Any, origin: tuple[int, int], net: torch.nn.Module, device: torch.device
+) -> np.ndarray:
+    """A restored mean of one tile, (C, t, t) model space, good enough for the fit and cheap:
+    the model's one-call first estimate where it has one (the conditional mean), else the mean
+    of 2 samples with the run's sampler (the fit averages the rest of the noise out)."""
+    import torch
+
+    from bigrestore.devices import autocast_dtype
+    from bigrestore.run.tiles import (
+        compute_tiles,
+        cut,
+        first_estimates,
+        normalise,
+        read_tiles_region,
+    )
+
+    job = plan.job
+    if plan.model.objective.first_estimate:
+        region, ry0, rx0 = read_tiles_region(job, task, job.grid, [origin])
+        tiles = cut(normalise(region, job, task), job.grid, ry0, rx0, [origin])
+        autocast = autocast_dtype(job.settings.precision, device)
+        with torch.inference_mode():
+            return first_estimates(net, tiles, [origin], job, task, autocast, device)[0]
+    light = replace(
+        job,
+        settings=job.settings.model_copy(update={"samples": 2, "save_samples": False}),
+        background=None,
+    )
+    return compute_tiles(light, task, [origin], net, device).maps["mean"][0]
+
+
 def fit_output_scale(
     plan: RunPlan, net: torch.nn.Module, device: torch.device
 ) -> tuple[RunPlan, dict]:
     """``plan`` with its output statistics replaced by the least-squares fit of the input on
     the restored mean (per output channel), and a record of the fit for the manifest."""
-    from bigrestore.run.tiles import compute_tiles, read_tiles_region
+    from bigrestore.run.tiles import read_tiles_region
 
     grid = plan.job.grid
     pairs: dict[int, tuple[list[np.ndarray], list[np.ndarray]]] = {}
     tiles = fit_tiles(plan)
     for index, origin in tiles:
         task = plan.tasks[index]
-        result = compute_tiles(plan.job, task, [origin], net, device)
         region, _, _ = read_tiles_region(plan.job, task, grid, [origin])
         h, w = region.shape[-2:]  # the tile starts inside the image: its region starts at the tile
-        restored = result.maps["mean"][0][..., :h, :w]
+        restored = cheap_mean(plan, task, origin, net, device)[..., :h, :w]
         for i, out_channel in enumerate(task.out_channels):
             raw, model = pairs.setdefault(out_channel, ([], []))
             raw.append(region[i].astype(np.float64).ravel())
             model.append(restored[i].astype(np.float64).ravel())
     stats = list(plan.output_stats)
     record = {
-        "method": "least-squares fit of the input on the restored mean",
+        "method": "least-squares fit of the input on the restored mean"
+        + (" (first estimates)" if plan.model.objective.first_estimate else " (2 samples)"),
         "tiles": len(tiles),
         "channels": [],
     }
