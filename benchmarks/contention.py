@@ -1,7 +1,7 @@
 """A `bigrestore run` beside a competing busy process: its slowdown against the share of the
 cores it gets, with and without passive OpenMP waiting and with other thread layouts.
 
-    python benchmarks/contention.py [--work DIR] [--side 512] [--samples 2] [--steps 10]
+    python benchmarks/contention.py [--work DIR] [--side 512] [--samples 2] [--steps 10] [--repeat 3]
     python benchmarks/contention.py --smoke          # tiny settings: checks the script only
 
 Each condition runs `bigrestore run` on a W2S field (`../shared/data/w2s/val_low.tif`, or a
@@ -13,8 +13,11 @@ The share of the cores a run gets, with ``r`` runnable threads of its own (worke
 per worker), ``k`` busy competitors and ``c`` cores, is ``c * r / (r + k)`` when they
 oversubscribe the cores (fair scheduling), else ``min(r, c)``; alone it uses ``min(r, c)``.
 The expected slowdown is their ratio (1.5 for 2 single-threaded workers beside 1 competitor on
-2 cores); "excess" = measured slowdown / expected (the goal: <= 1.3). Only meaningful on an
-otherwise idle machine: the load average is printed before and after.
+2 cores); "excess" = measured slowdown / expected (the goal: <= 1.3). With Linux's autogroup
+(sched_autogroup_enabled) a competitor in a session of its own (another user's job) is a group
+of its own: the groups share the cores fairly first, so the run gets max(c - k, c / (1 + k))
+cores, and nice values do not cross groups. Only meaningful on an otherwise idle machine: the
+load average is printed before and after.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ class Condition:
     name: str
     competitors: int = 0
     pinned: bool = False  # competitors pinned to core 0
+    session: bool = False  # competitors in a session of their own (another user's job)
     env: dict[str, str] = field(default_factory=dict)
     args: list[str] = field(default_factory=list)
     workers: int | None = None  # default: one per usable core
@@ -54,9 +58,18 @@ def conditions(cores: int) -> list[Condition]:
     return [
         Condition("alone, default"),
         Condition("+1 busy, default", 1),
+        Condition("alone, OMP passive", env=PASSIVE),
         Condition("+1 busy, OMP passive", 1, env=PASSIVE),
         Condition("+1 busy pinned to core 0, default", 1, pinned=True),
+        Condition("+1 busy in its own session, default", 1, session=True),
         Condition(f"alone, 1 worker x {cores} threads", args=one, workers=1, threads=cores),
+        Condition(
+            f"alone, 1 worker x {cores} threads, OMP passive",
+            env=PASSIVE,
+            args=one,
+            workers=1,
+            threads=cores,
+        ),  # fmt: skip
         Condition(f"+1 busy, 1 worker x {cores} threads", 1, args=one, workers=1, threads=cores),
         Condition(
             f"+1 busy, 1 worker x {cores} threads, OMP passive",
@@ -84,16 +97,28 @@ def field_input(path: Path, side: int) -> Path:
     return write_image(path, plane, meta, chunks=(min(side, 512),) * 2, overwrite=True)
 
 
-def share(cores: int, runnable: int, competitors: int) -> float:
+def autogroup() -> bool:
+    """Linux's autogroup: CPU time is shared fairly between sessions, then between threads."""
+    try:
+        return Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip() == "1"
+    except OSError:
+        return False
+
+
+def share(cores: int, runnable: int, competitors: int, sessions: bool = False) -> float:
+    """Cores a run with ``runnable`` threads gets beside single-threaded busy competitors."""
     if runnable + competitors <= cores:
         return float(min(runnable, cores))
+    if sessions and autogroup():  # each competitor a group of its own, using <= 1 core
+        return float(min(runnable, max(cores - competitors, cores / (1 + competitors))))
     return cores * runnable / (runnable + competitors)
 
 
 def run_once(cond: Condition, image: Path, out: Path, options: list[str]) -> dict:
     spinners = []
     for _ in range(cond.competitors):
-        spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"],
+                                   start_new_session=cond.session)  # fmt: skip
         if cond.pinned:
             os.sched_setaffinity(spinner.pid, {min(os.sched_getaffinity(0))})
         spinners.append(spinner)
@@ -125,6 +150,7 @@ def main() -> None:
     parser.add_argument("--side", type=int, default=512)
     parser.add_argument("--samples", type=int, default=2)
     parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--repeat", type=int, default=1, help="runs per condition (median)")
     parser.add_argument("--smoke", action="store_true", help="128², 1 sample x 2 steps")
     args = parser.parse_args()
     if args.smoke:
@@ -133,19 +159,20 @@ def main() -> None:
     cores = len(os.sched_getaffinity(0))
     image = field_input(args.work / "field.zarr", args.side)
     options = ["--samples", str(args.samples), "--steps", str(args.steps)]
-    print(f"cores {cores}; load average before {os.getloadavg()}")
+    print(f"cores {cores}; autogroup {autogroup()}; load average before {os.getloadavg()}")
     busy = subprocess.run(["sh", "-c", "ps -eo pid,ni,pcpu,args --sort=-pcpu | head -6"],
                           capture_output=True, text=True).stdout  # fmt: skip
     print("busiest processes before:\n" + busy)
     rows, alone = [], {}
     for cond in conditions(cores):
-        result = run_once(cond, image, args.work / "out.zarr", options)
+        tries = [run_once(cond, image, args.work / "out.zarr", options) for _ in range(args.repeat)]
+        result = sorted(tries, key=lambda r: r["compute"])[len(tries) // 2]  # the median
         runnable = (cond.workers or cores) * cond.threads
         used = float(min(runnable, cores))
         key = (cond.workers, cond.threads)
         alone.setdefault(key, result["compute"])
         slowdown = result["compute"] / alone[key]
-        expected = used / share(cores, runnable, cond.competitors)
+        expected = used / share(cores, runnable, cond.competitors, cond.session)
         rows.append((cond.name, result, slowdown, expected))
         print(f"{cond.name:48s} compute {result['compute']:6.1f} s  wall {result['wall']:6.1f} s"
               f"  cpu {result['cpu']:6.1f} s  slowdown {slowdown:4.2f}  expected {expected:4.2f}"

@@ -89,7 +89,8 @@ def test_figures_are_the_runs_and_the_time_is_calibrated(stack, model, tmp_path)
     assert calibration["seconds_per_call"] > 0 and calibration["base_bytes"] > 0
     seconds = figures["seconds"]
     assert seconds["compute"] > 0
-    assert seconds["total"] == pytest.approx(sum(v for k, v in seconds.items() if k != "total"))
+    parts = sum(v for k, v in seconds.items() if k != "total")
+    assert seconds["total"] == pytest.approx(parts, abs=0.05)
     memory = figures["memory_per_worker"]
     assert memory["peak"] > memory["process_and_model"] > 0
     assert not output.exists() and not figures["needs_allow_missing_chunks"]

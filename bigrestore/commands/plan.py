@@ -35,7 +35,7 @@ OPTIONS = [o for o in RUN_OPTIONS if option_name(o) not in NOT_PLANNED] + [
         "--calibration-calls",
         section="Estimate",
         type=click.IntRange(min=0),
-        default=3,
+        default=5,
         show_default=True,
         help="Network calls timed on this machine for the time estimate (0: no time).",
     ),
@@ -59,12 +59,12 @@ def command(input_path: Path, **opts: Any) -> None:
       bigrestore plan slide.zarr --samples 8 --steps 50
       bigrestore plan slide.zarr --gpus 4 --json
     """
+    started = time.perf_counter()
     from bigrestore.run.cluster import cluster_spec, usable_cores
     from bigrestore.run.estimate import calibrate, estimate
     from bigrestore.run.plan import make_plan
     from bigrestore.run.settings import default_output, run_settings
 
-    started = time.perf_counter()
     values = {key: opts[key] for key in SETTINGS}
     values["steps"] = None if opts["sampler"] == "ancestral" else opts["steps"]
     settings = run_settings(**values)
@@ -78,11 +78,15 @@ def command(input_path: Path, **opts: Any) -> None:
         input_path, output, opts["model"], settings, channels, opts["series"], device,
         cluster.torch_threads(), allow_missing_chunks=True, statistics=False,
     )  # fmt: skip
+    planned = time.perf_counter() - started  # as run's own start: imports, the plan
     workers = scheduler_workers(cluster.scheduler) if cluster.scheduler else cluster.workers or 1
     local = 1 if cluster.gpus or cluster.scheduler else min(workers, usable_cores())
     calls, threads = opts["calibration_calls"], cluster.torch_threads()
     calibration = calibrate(plan, device, threads, calls, local) if calls else None
     figures = estimate(plan, output, workers, calibration)
+    if figures["seconds"]:  # the whole `bigrestore run` command: its own start too
+        seconds = figures["seconds"]
+        seconds.update(command=round(planned, 2), total=round(seconds["total"] + planned, 2))
     figures.update(
         input=str(input_path),
         output=str(output),
@@ -149,15 +153,16 @@ def lines(f: dict[str, Any]) -> list[str]:
     parts = ", ".join(
         f"{k.replace('_', ' ')} {human_bytes(v)}" for k, v in memory.items() if v and k != "peak"
     )
-    out.append(f"  memory per worker    ~{human_bytes(memory['peak'])} peak ({parts})")
     cal = f["calibration"]
+    unmeasured = "; the process and network not measured" if cal is None else ""
+    out.append(f"  memory per worker    ~{human_bytes(memory['peak'])} peak ({parts}{unmeasured})")
     if cal is None:
         out.append("  time                 not estimated (--calibration-calls 0)")
         return out
     sec = f["seconds"]
     out += [
         f"  time                 ~{human_seconds(sec['total'])} on {f['workers']} "
-        f"{cal['device']} worker(s) (start {sec['startup']:.0f} s, compute "
+        f"{cal['device']} worker(s) (start {sec['command'] + sec['startup']:.0f} s, compute "
         f"{human_seconds(sec['compute'])}, pyramids {human_seconds(sec['finish'])})",
         f"  calibration          {cal['seconds_per_call'] * 1000:.0f} ms per call of "
         f"{cal['batch']} x {cal['tile']}² ({cal['precision']}, {cal['threads']} thread(s); "

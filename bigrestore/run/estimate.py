@@ -17,6 +17,7 @@ import heapq
 import math
 import os
 import shutil
+import statistics
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,14 +33,15 @@ from bigrestore.run.tiling import read_region_of
 if TYPE_CHECKING:
     from bigrestore.run.plan import RunPlan
 
-#: Seconds from the start of a run to workers that can take tasks, besides their imports and
-#: the model load (which :func:`calibrate` measures): scheduler, nannies, worker processes.
-CLUSTER_START_SECONDS = 2.0
+#: Seconds of a local cluster besides the workers' imports and model load (:func:`calibrate`
+#: measures those): scheduler, nannies and worker processes starting, then stopping (a nanny
+#: gives its worker 4 s to exit), measured on a 2-core CPU.
+CLUSTER_SECONDS = 7.0
 #: Output bytes per second of the pyramids, display windows and metadata written at the end
 #: (2x2 means level by level, read back once for the windows), measured on a 2-core CPU.
 FINISH_BYTES_PER_SECOND = 150e6
 #: Memory of a Dask worker process beyond a bare Python process with torch and the model.
-WORKER_OVERHEAD_BYTES = 150 * 2**20
+WORKER_OVERHEAD_BYTES = 100 * 2**20
 #: Blocks submitted ahead per worker (``run_blocks``' window), whose tile results are held.
 WINDOW_PER_WORKER = 4
 
@@ -106,26 +108,21 @@ def disk_check(plan: RunPlan, output: Path) -> DiskCheck:
     return DiskCheck(str(where), output_bytes(plan)[1], free, _existing_bytes(Path(output)))
 
 
-def gib(n: float) -> str:
-    return f"{n / 2**30:.2f} GiB"
-
-
 def check_disk_space(plan: RunPlan, output: Path) -> DiskCheck:
     """Refuse (CannotCreateOutputError, exit 73) a run whose outputs cannot fit on disk."""
     check = disk_check(plan, output)
     if not check.fits:
-        found = f"{gib(check.free)} free at {check.where}"
-        if check.existing:
-            found += f" (+ {gib(check.existing)} in the existing output)"
+        free, need, old = (
+            f"{n / 2**30:.2f} GiB" for n in (check.free, check.required, check.existing)
+        )
+        found = f"{free} free at {check.where}"
+        found += f" (+ {old} in the existing output)" if check.existing else ""
         raise CannotCreateOutputError(
-            describe(output, "disk space", f"{gib(check.required)} for the outputs", found)
+            describe(output, "disk space", f"{need} for the outputs", found)
             + "; free some space or write the outputs elsewhere with -o (the figure is "
             "uncompressed, pyramids included)"
         )
     return check
-
-
-# ----------------------------------------------------------------------------- tile groups
 
 
 def tile_groups(plan: RunPlan) -> list[int]:
@@ -161,9 +158,6 @@ def makespan(durations: list[float], workers: int) -> float:
     return max(free)
 
 
-# ----------------------------------------------------------------------------- memory
-
-
 def memory_per_worker(
     plan: RunPlan, calibration: Calibration | None, workers: int, groups: list[int]
 ) -> dict[str, int]:
@@ -175,7 +169,7 @@ def memory_per_worker(
     out_c = plan.model.unet.out_channels
     samples = settings.samples if job.sampled else 1
     largest = max(groups, default=0)
-    maps = (3 + (samples if settings.save_samples else 0)) * out_c * tile * tile * 4
+    maps = len(plan.outputs) * out_c * tile * tile * 4  # per tile: one map per output volume
     group_bytes = largest * (
         cond_c * tile * tile * 4 + samples * out_c * tile * tile * 4 + 2 * maps
     )
@@ -205,9 +199,6 @@ def memory_per_worker(
     work = max(parts["network_activations"] + group_bytes + region, assemble)
     parts["peak"] = parts["process_and_model"] + parts["held_tile_results"] + work
     return parts
-
-
-# ----------------------------------------------------------------------------- calibration
 
 
 def calibration_sampling(sampling: Any, schedule: Any, steps: int) -> Any:
@@ -290,21 +281,24 @@ def _calibrate_here(request: dict[str, Any], ready: Any) -> dict[str, Any]:
     cond = torch.randn((batch, channels, tile, tile), generator=torch.Generator().manual_seed(0))
     run = _network_steps(net, cond.to(device), info, settings, autocast)
     cuda = device.type == "cuda"
-    base = torch.cuda.memory_allocated(device) if cuda else _memory()[0]
+    host = _memory()[0]
+    base = torch.cuda.memory_allocated(device) if cuda else host
     _reset_peak_memory()
     started = time.perf_counter()
     run(1)  # warm-up: kernels chosen, buffers allocated
     ready(time.perf_counter() - started)
-    timed = time.perf_counter()
-    made = run(request["calls"])
-    if cuda:
-        torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - timed
+    times = []  # call by call: their median is robust to bursts of other load
+    for _ in range(request["calls"]):
+        timed = time.perf_counter()
+        made = run(1)
+        if cuda:
+            torch.cuda.synchronize(device)
+        times.append((time.perf_counter() - timed) / made)
     peak = torch.cuda.max_memory_allocated(device) if cuda else _memory()[1]
     precision = "fp32" if autocast is None else "bf16"
     return {"device": device.type, "precision": precision, "threads": torch.get_num_threads(),
-            "batch": batch, "tile": tile, "calls": made, "seconds_per_call": seconds / max(1, made),
-            "base_bytes": 0 if cuda else base, "activation_bytes": max(0, peak - base)}  # fmt: skip
+            "batch": batch, "tile": tile, "calls": len(times), "seconds_per_call": times,
+            "base_bytes": host, "activation_bytes": max(0, peak - base)}  # fmt: skip
 
 
 def _calibration_main() -> None:
@@ -325,12 +319,13 @@ def _calibration_main() -> None:
 
 
 def calibrate(
-    plan: RunPlan, device: str = "auto", threads: int = 1, calls: int = 3, processes: int = 1
+    plan: RunPlan, device: str = "auto", threads: int = 1, calls: int = 5, processes: int = 1
 ) -> Calibration:
-    """Time ``calls`` network calls of the plan's model on this machine, in ``processes``
-    fresh Python processes at once (as many as the run's workers on this machine: their
+    """Time ``calls`` network calls (their median) of the plan's model on this machine, in
+    ``processes`` fresh Python processes at once (as many as the run's workers here: their
     threads, memory and the machine's other load are a worker's). The start-up seconds are
     their start, imports and model load."""
+    import contextlib
     import json
     import subprocess
     import sys
@@ -348,9 +343,13 @@ def calibrate(
     lines = [child.stdout.readline() for child in children]  # type: ignore[union-attr]
     warmups = [float(line.split()[1]) for line in lines if line.startswith("ready ")]
     startup = time.perf_counter() - started - sum(warmups) / max(1, len(warmups))
+    for child in children:  # all at once: they time their calls side by side
+        with contextlib.suppress(OSError):
+            child.stdin.write("go\n")  # type: ignore[union-attr]
+            child.stdin.flush()  # type: ignore[union-attr]
     results = []
     for child, line in zip(children, lines, strict=True):
-        out, err = child.communicate("go\n")
+        out, err = child.communicate()
         text = (out if line.startswith("ready ") else line + out).strip()
         if child.returncode or not text:
             raise RuntimeError(f"calibration failed: {err.strip()[-2000:]}")
@@ -358,12 +357,11 @@ def calibrate(
         if "error" in results[-1]:
             raise getattr(errors, results[-1]["error"], BigrestoreError)(results[-1]["message"])
     result = {**results[0], "startup_seconds": max(0.0, startup), "processes": len(results)}
-    result["seconds_per_call"] = sum(r["seconds_per_call"] for r in results) / len(results)
+    result["seconds_per_call"] = statistics.median(
+        t for r in results for t in r["seconds_per_call"]
+    )
     result["activation_bytes"] = max(r["activation_bytes"] for r in results)
     return Calibration(**result)
-
-
-# ----------------------------------------------------------------------------- the estimate
 
 
 def estimate(
@@ -380,7 +378,7 @@ def estimate(
     seconds = None
     if calibration:
         compute = makespan([c * calibration.seconds_per_call for c in per_group], workers)
-        startup = CLUSTER_START_SECONDS + calibration.startup_seconds
+        startup = CLUSTER_SECONDS + calibration.startup_seconds
         finish = output_bytes(plan)[1] / FINISH_BYTES_PER_SECOND
         seconds = {"startup": startup, "compute": compute, "finish": finish}
         seconds = {k: round(v, 2) for k, v in {**seconds, "total": sum(seconds.values())}.items()}

@@ -318,6 +318,9 @@ def restore(
         cluster.torch_threads(),
         allow_missing_chunks,
     )
+    from bigrestore.run.estimate import check_disk_space
+
+    check_disk_space(plan, output)  # refuse before anything is written when the outputs cannot fit
     plan, scale_record = settle_output_scale(plan, output, resume, device, cluster.torch_threads())
     record = {**run_record(plan, version, cluster, series), "output_scale": scale_record}
     started = time.perf_counter()
