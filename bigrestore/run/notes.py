@@ -17,12 +17,16 @@ def entropy_note(plan: RunPlan, totals: dict[str, Any]) -> dict[str, Any]:
     log2(N) bits (all N samples on different 8-bit levels), where it says nothing."""
     n = plan.settings.samples
     share = totals["entropy_saturated"] / totals["pixels"] if totals["pixels"] else None
-    note = {"max_bits": round(float(np.log2(n)), 3) if n > 1 else 0.0, "saturated_fraction": share}
-    if share is not None and (n < 8 or share > 0.5):
+    note: dict[str, Any] = {"max_bits": round(float(np.log2(n)), 3), "saturated_fraction": share}
+    if n == 1:
         note["warning"] = (
-            f"with N = {n} samples the entropy saturates at log2(N) bits on {share:.0%} of pixels: "
-            "it only separates pixels whose samples share 8-bit levels; use std (or "
-            "std_calibrated) as the uncertainty, or more samples (docs/uncertainty.md)"
+            "with one sample per tile, std and entropy are 0 everywhere: draw --samples 2 or more"
+        )
+    elif share is not None and (n < 8 or share > 0.5):
+        note["warning"] = (
+            f"with N = {n} samples the entropy takes at most {np.log2(n):g} bits and is saturated on {share:.0%} "
+            "of pixels (all samples on different 8-bit levels): use std (or std_calibrated) as the "
+            "uncertainty, or more samples (docs/uncertainty.md)"
         )
     return note
 
