@@ -64,7 +64,7 @@ ROWS: list[tuple[str, str, dict[str, Any], int]] = [
     ("v, DDIM eta 1, 8 steps", "v", dict(steps=8), 4),
     ("v, DDIM eta 1, 16 steps", "v", dict(steps=16), 4),
     ("v, DDIM eta 1, 25 steps", "v", dict(steps=25), 3),
-    ("v, DDIM eta 1, 50 steps", "v", dict(steps=50), 15),
+    ("v, DDIM eta 1, 50 steps", "v", dict(steps=50), 4),
     (
         "v, DPM-Solver++(2M), 8 steps",
         "v",

@@ -1,6 +1,7 @@
 """Honest quality on held-out data: raw, the strongest Gaussian filter, and a model's DDPM-avg.
 
     python benchmarks/quality_heldout.py WORK --model MODEL [--set SETDIR] [--samples 8] [--steps 8]
+        [--w2s-fields 20]
 
 Held-out sets (no source image of them is in the bundled model's training data):
   * W2S validation fields 061-080 (real pairs), 256² centre crops, 3 channels each;
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import platform
 import statistics
 import sys
 import time
@@ -63,10 +65,13 @@ def centre(a: np.ndarray) -> np.ndarray:
     return a[..., y0 : y0 + CROP, x0 : x0 + CROP]
 
 
-def held_out_sets(set_dir: Path | None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """name -> (low, high) stacks of 2D crops (n, CROP, CROP)."""
-    low = tifffile.imread(DATA / "w2s" / "val_low.tif")
-    high = tifffile.imread(DATA / "w2s" / "val_high.tif")
+def held_out_sets(
+    set_dir: Path | None, w2s_fields: int = 20
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """name -> (low, high) stacks of 2D crops (n, CROP, CROP); the first ``w2s_fields`` of the
+    W2S validation fields."""
+    low = tifffile.imread(DATA / "w2s" / "val_low.tif")[:w2s_fields]
+    high = tifffile.imread(DATA / "w2s" / "val_high.tif")[:w2s_fields]
     sets = {
         "W2S validation (real)": (
             centre(low).reshape(-1, CROP, CROP),
@@ -104,10 +109,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--set", dest="set_dir", type=Path, default=None)
     parser.add_argument("--samples", type=int, default=8)
     parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--w2s-fields", type=int, default=20, help="W2S validation fields used")
     args = parser.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
     rows = []
-    for name, (low, high) in held_out_sets(args.set_dir).items():
+    for name, (low, high) in held_out_sets(args.set_dir, args.w2s_fields).items():
         started = time.perf_counter()
         restored = restore_stack(
             args.work, name.split()[0].replace("/", "_"), low, args.model, args
@@ -147,6 +153,7 @@ def main(argv: list[str] | None = None) -> None:
             f"{r['ddpm_psnr'] - r['gaussian_psnr']:+.2f} | {r['gaussian_msssim']:.3f} / {r['ddpm_msssim']:.3f} |"
         )
     print(f"command: python benchmarks/quality_heldout.py {' '.join(argv or sys.argv[1:])}")
+    print(f"CPU: {platform.processor() or platform.machine()}")
     (args.work / "quality_heldout.json").write_text(json.dumps(rows, indent=1))
 
 

@@ -109,10 +109,9 @@ def test_missing_output_parent_is_refused(tmp_path):
 
 
 def test_corrupted_chunk_is_refused_before_writing(inputs, tmp_path):
-    chunk = next(
-        p for p in (inputs / "good.zarr" / "0").rglob("*") if p.is_file() and p.name != "zarr.json"
-    )
-    chunk.write_bytes(b"\x00garbage" * 7)
+    for chunk in (inputs / "good.zarr" / "0").rglob("*"):  # every one: whichever is read first
+        if chunk.is_file() and chunk.name != "zarr.json":
+            chunk.write_bytes(b"\x00garbage" * 7)
     before = tree_hash(inputs)
     code, output = invoke(
         "run",
@@ -134,19 +133,25 @@ def test_block_failure_on_a_worker_is_an_io_error(inputs, tmp_path):
     out = tmp_path / "o.zarr"
     model = tiny_model(tmp_path / "m")
     run_restore(inputs / "good.zarr", out, model=model, settings=SETTINGS)  # a valid run first
-    chunk = next(
-        p for p in (inputs / "good.zarr" / "0").rglob("*") if p.is_file() and p.name != "zarr.json"
-    )
-    chunk.write_bytes(b"\x00garbage" * 7)
+    for chunk in (inputs / "good.zarr" / "0").rglob("*"):  # every one: whichever is read first
+        if chunk.is_file() and chunk.name != "zarr.json":
+            chunk.write_bytes(b"\x00garbage" * 7)
     import bigrestore.run.plan as plan
 
     original = plan.input_statistics
     plan.input_statistics = lambda image, channels, lo, hi: {
         c: plan.Stats(0.0, 1.0) for c in channels
     }
+    target_scale = SETTINGS.changed(output_scale="target")  # no fit reads first
     try:
         with pytest.raises(IOFailure, match="--resume"):
-            run_restore(inputs / "good.zarr", tmp_path / "o2.zarr", model=model, settings=SETTINGS)
+            run_restore(
+                inputs / "good.zarr", tmp_path / "o2.zarr", model=model, settings=target_scale
+            )
+        with pytest.raises(IOFailure, match="damaged") as refused:  # the fit reads it: refused
+            run_restore(inputs / "good.zarr", tmp_path / "o3.zarr", model=model, settings=SETTINGS)
+        assert "Traceback" not in str(refused.value)
+        assert not (tmp_path / "o3.zarr").exists()
     finally:
         plan.input_statistics = original
 

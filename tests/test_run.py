@@ -121,6 +121,8 @@ def test_outputs_are_valid_multiscale_images(noisy_nuclei, reference):
     assert manifest["status"] == "complete"
     assert manifest["settings"]["samples"] == 2
     assert set(manifest["input_statistics"]) == {"0"}
+    # an eps-model at 2 DDIM steps: the manifest (and the CLI) warn that it needs ~50
+    assert "--steps 50" in manifest["sampling"]["warning"]
 
 
 def test_same_output_for_any_block_size_and_worker_count(noisy_nuclei, model, reference, tmp_path):
@@ -190,6 +192,7 @@ def test_regression_model_and_uint16_output(noisy_nuclei, tmp_path):
     assert not (out / "std").exists() and not (out / "entropy").exists()
     assert result.manifest["cost"]["network_evaluations"] == result.manifest["cost"]["tiles"]
     assert result.manifest["clipped_pixels"] >= 0
+    assert result.manifest["sampling"] == {}  # one pass: no steps to warn about
 
 
 def test_precision_is_applied_and_recorded(noisy_nuclei, model, reference, tmp_path):

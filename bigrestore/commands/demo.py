@@ -38,7 +38,7 @@ OPTIONS = [
         "--samples", default=8, show_default=True, help="Samples per tile (as `run`; paper: 15)."
     ),
     click.option(
-        "--steps", default=50, show_default=True, help="Sampler steps per sample (as `run`)."
+        "--steps", default=8, show_default=True, help="Sampler steps per sample (as `run`)."
     ),
     click.option(
         "--sampler",

@@ -56,7 +56,7 @@ def command(input_path: Path, **opts: Any) -> None:
 
     \b
     Examples:
-      bigrestore plan slide.zarr --samples 8 --steps 50
+      bigrestore plan slide.zarr --samples 15 --steps 8
       bigrestore plan slide.zarr --gpus 4 --json
     """
     started = time.perf_counter()

@@ -98,9 +98,10 @@ def report(result: Any, dtype: str) -> None:
         f"restored {result.blocks_done_now}/{result.blocks_total} blocks, {result.tiles} tiles "
         f"in {result.seconds:.1f} s ({tiles_per_s:.2f} tiles/s)"
     )
-    warning = result.manifest.get("entropy", {}).get("warning")
-    if warning:
-        click.echo(f"note: {warning}", err=True)
+    for section in ("sampling", "entropy"):
+        warning = result.manifest.get(section, {}).get("warning")
+        if warning:
+            click.echo(f"note: {warning}", err=True)
     if result.clipped:
         click.echo(f"note: {result.clipped} pixels of the mean were clipped to the {dtype} range")
     for name in result.manifest.get("outputs", []):

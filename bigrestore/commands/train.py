@@ -122,6 +122,13 @@ RUN_OPTIONS = _options(
     click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
     click.option("--resume", is_flag=True, help="Continue from the last checkpoint in --out."),
     click.option("--overwrite", is_flag=True, help="Replace an existing training directory."),
+    click.option(
+        "--init-from",
+        "init_from",
+        default=None,
+        help="Fine-tune: start from this model's weights ('bundled': the model bigrestore ships); "
+        "its network, objective and percentiles replace the config's (use configs/finetune.yaml).",
+    ),
 )
 
 
@@ -234,6 +241,7 @@ def command(
     device: str,
     resume: bool,
     overwrite: bool,
+    init_from: str | None,
 ) -> None:
     """Train a restoration model on paired low/high-SNR OME-Zarr stores.
 
@@ -248,7 +256,10 @@ def command(
       bigrestore train --low a_low.zarr --high a_high.zarr --low b_low.zarr --high b_high.zarr \\
           --val-low v_low.zarr --val-high v_high.zarr --config configs/paper.yaml --out model/
       bigrestore train --out model/ --low low.zarr --high high.zarr --resume
+      bigrestore train --low mine_low.zarr --high mine_high.zarr --init-from bundled \\
+          --config configs/finetune.yaml --out my-model/
     """
+    from bigrestore.run.settings import bundled_model_path
     from bigrestore.train import train
 
     check_pairs(lows, highs, val_lows, val_highs)
@@ -281,6 +292,7 @@ def command(
             progress=progress,
             overwrite=overwrite,
             channels=channels or None,
+            init_from=bundled_model_path() if init_from == "bundled" else init_from,
         )
     finally:
         progress.close()

@@ -34,11 +34,14 @@ NoiseFn = Callable[[], "torch.Tensor"]  # next (B, C, H, W) block of N(0, 1), fl
 class SamplerSettings(BaseModel):
     """How each sample is drawn. The defaults are ``bigrestore run``'s.
 
-    DDIM with eta = 1 (the DDPM posterior noise, a K-step version of the paper's Eq. 7) on 50
-    uniformly spaced steps was chosen on the W2S steps-vs-quality curve (docs/benchmarks.md):
-    deterministic DDIM (eta = 0) carries the network's error at the first, almost pure-noise
-    steps (alpha_bar_T ~ 6e-8) into the result and scored 5-8 dB lower; 50 steps gained about
-    1 dB over 20. ``steps`` None means the schedule's T (required by ``ancestral``).
+    DDIM with eta = 1 (the DDPM posterior noise, a K-step version of the paper's Eq. 7) on 8
+    uniformly spaced steps, for a v-prediction model (the bundled one): its first call already
+    estimates the clean image, so 8 steps x 8 samples (64 evaluations per tile) match the
+    eps-model's 50 steps x 15 samples (docs/benchmarks.md, "Few evaluations"). An eps-model
+    needs about 50 steps (a run warns below 25: bigrestore.run.notes): deterministic DDIM
+    (eta = 0) and few steps carry its error at the first, almost pure-noise steps
+    (alpha_bar_T ~ 6e-8) into the result. ``steps`` None means the schedule's T (required by
+    ``ancestral``).
     ``start`` (sampler ``estimate``): the schedule step the first clean-image estimate is
     diffused to (default T/4). ``antithetic``: samples come in pairs whose noise is z and -z,
     which cancels the odd-order part of the noise in their mean.
@@ -52,7 +55,7 @@ class SamplerSettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     sampler: str = "ddim"
-    steps: Annotated[StrictInt, Field(ge=1)] | None = 50
+    steps: Annotated[StrictInt, Field(ge=1)] | None = 8
     eta: Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)] = 1.0
     spacing: str = "uniform"
     clip_x0: StrictBool = True

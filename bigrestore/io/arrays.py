@@ -11,6 +11,8 @@ from typing import Any
 import numpy as np
 import zarr
 
+from bigrestore.errors import IOFailure
+
 
 def open_array(path: str, writable: bool = False) -> Any:
     """The zarr array at ``path`` (read-only unless ``writable``)."""
@@ -18,8 +20,24 @@ def open_array(path: str, writable: bool = False) -> Any:
 
 
 def read_region(path: str, selection: tuple[Any, ...]) -> np.ndarray:
-    """``array[selection]`` of the array at ``path`` as a numpy array."""
-    return np.asarray(open_array(path)[selection])
+    """``array[selection]`` of the array at ``path`` as a numpy array.
+
+    A chunk that cannot be decoded (a damaged file, a truncated copy) is an IOFailure naming the
+    array and the region, not a codec traceback.
+    """
+    array = open_array(path)
+    try:
+        return np.asarray(array[selection])
+    except (RuntimeError, ValueError, OSError) as exc:
+        raise IOFailure(
+            f"{path}: cannot read region {_describe(selection)}: a chunk there is damaged ({exc})"
+        ) from exc
+
+
+def _describe(selection: tuple[Any, ...]) -> str:
+    """``[0:128, 64:192]`` for a tuple of slices (what a user can look up)."""
+    parts = [f"{s.start or 0}:{s.stop}" if isinstance(s, slice) else str(s) for s in selection]
+    return "[" + ", ".join(parts) + "]"
 
 
 def write_region(path: str, selection: tuple[Any, ...], values: np.ndarray) -> None:

@@ -312,6 +312,14 @@ def load_model(path: Path, device: str | torch.device = "cpu") -> tuple[Conditio
     not exist and IncompatibleModelError for anything else that is wrong.
     """
     info = read_model(path)
+    net = ConditionalUNet(info.unet)
+    net.load_state_dict(read_weights(info), strict=True)
+    net.to(device).eval()
+    return net, info
+
+
+def read_weights(info: ModelInfo) -> dict[str, torch.Tensor]:
+    """The checked model's weights (safetensors, finite), on the CPU."""
     weights = info.directory / WEIGHTS_FILE
     try:
         state = load_file(str(weights), device="cpu")
@@ -322,10 +330,7 @@ def load_model(path: Path, device: str | torch.device = "cpu") -> tuple[Conditio
     ]
     if bad:
         raise IncompatibleModelError(describe(weights, bad[0], "finite values", "NaN or inf"))
-    net = ConditionalUNet(info.unet)
-    net.load_state_dict(state, strict=True)
-    net.to(device).eval()
-    return net, info
+    return state
 
 
 def parameter_count(config: UNetConfig) -> int:

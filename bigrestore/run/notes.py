@@ -71,3 +71,24 @@ def calibration_note(plan: RunPlan) -> dict[str, Any]:
         f"({plan.settings.calibration_key()}); it has {len(stored)} for others. "
         "Make one with: bigrestore calibrate MODEL --low L.zarr --high H.zarr (same sampler options)",
     }
+
+
+#: Fewer DDIM steps than this with a noise-predicting (eps) model draws a warning.
+EPS_MIN_STEPS = 25
+
+
+def sampling_note(plan: RunPlan) -> dict[str, Any]:
+    """A warning when the sampler takes few steps with a model that cannot: an eps-model's
+    first clean-image estimates divide its error by sqrt(alpha_bar_T) ~ 2.5e-4, so it needs
+    about 50 DDIM steps (docs/benchmarks.md, few evaluations), unless it was trained on
+    exactly the timesteps it is sampled on (Fast-DDPM)."""
+    objective, sampling = plan.model.objective, plan.settings.sampling
+    trained_on = plan.model.provenance.get("config", {}).get("train_timesteps")
+    few = sampling.steps is not None and sampling.steps < EPS_MIN_STEPS
+    if not objective.sampled or objective.first_estimate or not few or trained_on == sampling.steps:
+        return {}
+    return {
+        "warning": f"this model predicts the noise (objective {objective.name}); with "
+        f"{sampling.steps} steps its samples are poor: use --steps 50 (or a v-model, whose "
+        "default is 8 steps; docs/benchmarks.md)"
+    }

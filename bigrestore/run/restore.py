@@ -29,7 +29,7 @@ from bigrestore.io.paths import check_output, written_by_bigrestore
 from bigrestore.io.runstore import RunStore, output_lock, refuse_if_locked
 from bigrestore.io.write import PYRAMID_MIN_SIDE
 from bigrestore.run.cluster import ClusterSpec, check_gpus, open_client, run_blocks
-from bigrestore.run.notes import background_note, calibration_note, entropy_note
+from bigrestore.run.notes import background_note, calibration_note, entropy_note, sampling_note
 from bigrestore.run.settings import RunSettings, default_output
 from bigrestore.run.tasks import BlockTask
 
@@ -209,8 +209,13 @@ def execute(
         raise ResumableInterrupt(
             f"interrupted after {totals['done']} of {len(tasks)} blocks; finished blocks are kept. Resume with: {hint}"
         ) from exc
-    except BigrestoreError:
-        raise
+    except BigrestoreError as exc:  # a check on a worker (damaged chunk, bad pixels): same kind
+        if hint in str(exc):
+            raise
+        raise type(exc)(
+            f"{exc}. After {totals['done']} of {len(tasks)} blocks; finished blocks are kept; "
+            f"fix the cause, then: {hint}"
+        ) from exc
     except Exception as exc:  # a task failed on a worker: unreadable chunk, disk full, ...
         raise IOFailure(
             f"{plan.input_path}: a block failed after {totals['done']} of {len(tasks)} blocks: "
@@ -256,6 +261,7 @@ def finish(
         "skipped_tiles_this_run": totals["skipped"],
         "entropy": entropy_note(plan, totals),
         "background": background_note(plan),
+        "sampling": sampling_note(plan),
         "clipped_pixels": totals["clipped"],
         "pinned_pixels": totals["pinned"],
         "clipping": "clipped_pixels: mean values outside the output dtype's range, clipped when cast; "

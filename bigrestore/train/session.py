@@ -24,10 +24,11 @@ from torch.utils.data import DataLoader
 from bigrestore import __version__
 from bigrestore.errors import ResumableInterrupt
 from bigrestore.intensity import Stats
-from bigrestore.model.files import load_model, save_model
+from bigrestore.model.files import ModelInfo, load_model, save_model
 from bigrestore.model.unet import ConditionalUNet
 from bigrestore.train import checkpoint, directory, loop
 from bigrestore.train.config import TrainConfig
+from bigrestore.train.init import init_record, load_initial_weights
 from bigrestore.train.patches import PatchBatches
 from bigrestore.train.stores import Source
 
@@ -66,6 +67,7 @@ class RunState:
     best_val_mae: float | None = None
     wall_seconds: float = 0.0
     history: list[dict[str, Any]] = field(default_factory=list)
+    init_from: dict[str, Any] | None = None  # fine-tuning: the model the weights started from
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -118,11 +120,15 @@ class Session:
         device: torch.device,
         resume: bool,
         progress: Progress | None,
+        init: ModelInfo | None = None,
     ) -> None:
         self.config, self.data, self.out_dir, self.device = config, data, out_dir, device
         self.ckpt_dir = out_dir / "checkpoint"
         self.net, self.ema, self.optimizer, self.scheduler = build_network(config, device)
         self.run_state = RunState()
+        if init is not None and not resume:  # fine-tuning: the first step starts from its weights
+            load_initial_weights(self.net, self.ema, init)
+            self.run_state.init_from = init_record(init)
         if resume:
             saved = checkpoint.load_state(
                 self.ckpt_dir, self.net, self.ema, self.optimizer, self.scheduler
@@ -154,6 +160,7 @@ class Session:
             "val_metric": directory.val_metric(config, bool(self.data.val_sources)),
             "val_input_mae": self.data.input_mae,
             "validation_curve": run.history,
+            "init_from": run.init_from,
             "wall_seconds": round(run.wall_seconds, 3),
             "torch": torch.__version__,
             "bigrestore": __version__,

@@ -24,6 +24,7 @@ from bigrestore.devices import pick_device
 from bigrestore.errors import IncompatibleModelError, MissingInputError, UsageError, describe
 from bigrestore.train import checkpoint, directory
 from bigrestore.train.config import TrainConfig
+from bigrestore.train.init import adopt_model
 from bigrestore.train.patches import PatchReader, fixed_patches, target_statistics
 from bigrestore.train.session import Progress, Session, TrainingData
 from bigrestore.train.stores import make_sources, open_pair
@@ -122,6 +123,7 @@ def train(
     *,
     overwrite: bool = False,
     channels: Sequence[str | int] | None = None,
+    init_from: str | Path | None = None,
 ) -> TrainResult:
     """Train a model of ``config.objective`` (bigrestore.diffusion.objectives: the conditional
     DDPM, or the regression baseline) on paired OME-Zarr stores.
@@ -130,16 +132,23 @@ def train(
     ``config.val_fraction`` of each training pair is held out by region); ``channels``: names
     or indices (default all), each channel's planes are training images of a single-channel
     model. ``config`` may be None with ``resume`` (the checkpoint's config is used).
+    ``init_from``: fine-tune, starting from that model's weights; its architecture, objective,
+    schedule and percentiles replace the config's (bigrestore.train.init).
     ``progress(record)`` receives {"kind": "start" | "step" | "epoch", ...} records.
     Raises typed errors (bigrestore.errors); Ctrl-C gives ResumableInterrupt (exit 75).
     """
     out_dir = Path(out_dir)
     dev = pick_device(device)
+    if init_from is not None and resume:
+        raise UsageError("--init-from starts a new run; --resume continues one (give one)")
     config, resumed = check_request(config, pairs, out_dir, resume, overwrite)
+    init = None
+    if init_from is not None:
+        config, init = adopt_model(config, Path(init_from))
     data = read_data(config, pairs, val_pairs, channels, resumed, out_dir / "checkpoint")
     if not resume:
         directory.prepare_output(out_dir, overwrite)
-    session = Session(config, data, out_dir, dev, resume, progress)
+    session = Session(config, data, out_dir, dev, resume, progress, init)
     session.run()
     model_hash = session.export_best()
     run = session.run_state

@@ -1,0 +1,149 @@
+"""Do the intervals hold their coverage on fields the calibration never saw? One table.
+
+    python benchmarks/coverage.py pairs WORK         # calibration pairs: W2S val 071-080
+    bigrestore calibrate bigrestore/data/model --low WORK/cal_low.zarr --high WORK/cal_high.zarr \
+        --workers 1 --threads-per-worker 2 --data "W2S validation fields 071-080, 256² centre crops"
+    python benchmarks/coverage.py score [--model MODEL] [--out FILE.json]
+
+The bundled model was trained on all W2S training fields (001-060), so its calibration and
+this test both come from the validation fields, split in two disjoint halves: the intervals
+are calibrated on fields 071-080 and scored here on fields 061-070 (all 3 channels; centre
+``--crop``² of each). Those are restored through ``run``'s own path with the default settings
+(in the model's target units, as ``calibrate`` does), then for each level (80, 90, 95 %) two
+intervals are scored against the avg400 ground truth, after the same per-image affine fit of
+the mean to the truth that ``evaluate`` and ``calibrate`` use:
+  - "std x z": mean ± z_level x std, the interval the std alone would suggest if the samples
+    were an exact Gaussian posterior (z = 1.28, 1.64, 1.96);
+  - "calibrated": the model's stored calibration for exactly these settings (the lower/upper
+    outputs of ``run``).
+Coverage is the fraction of all pixels inside their interval (pooled over planes), with the
+10th percentile over planes beside it (coverage is promised per region on average, not per
+pixel or per image); width is the mean interval width in the truth's units (0-255), median
+over planes. "mean z²" is the mean of z² with z = error / std (1 when the std is calibrated).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+from bigrestore.diffusion.calibration import LEVELS, coverage, level_key, matching
+from bigrestore.io.meta import default_meta
+from bigrestore.io.write import write_image
+from bigrestore.model.files import read_model
+from bigrestore.run.calibrate import restored_planes
+from bigrestore.run.cluster import ClusterSpec
+from bigrestore.run.settings import RunSettings, bundled_model_path
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "w2s"
+#: Two-sided standard normal quantiles of the levels.
+Z = {0.8: 1.2816, 0.9: 1.6449, 0.95: 1.9600}
+
+
+def write_pair(work: Path, fields: range, crop: int, prefix: str) -> tuple[Path, Path]:
+    """Centre crops of W2S validation ``fields`` (0-based: 0 = field 061) as a low/high pair."""
+    paths = []
+    for kind in ("low", "high"):
+        stack = tifffile.imread(DATA / f"val_{kind}.tif")[fields.start : fields.stop]
+        y0 = (stack.shape[-2] - crop) // 2
+        x0 = (stack.shape[-1] - crop) // 2
+        data = np.ascontiguousarray(stack[..., y0 : y0 + crop, x0 : x0 + crop])
+        meta = default_meta("tcyx", ("ch0", "ch1", "ch2"))
+        path = work / f"{prefix}_{kind}.zarr"
+        paths.append(write_image(path, data, meta, chunks=(1, 1, crop, crop)))
+    return paths[0], paths[1]
+
+
+def scores(images, half_widths) -> tuple[float, float, float]:
+    """(pooled coverage, 10th percentile of per-plane coverage, median width)."""
+    per_plane = [
+        coverage(mean, truth, half)
+        for (mean, _, truth), half in zip(images, half_widths, strict=True)
+    ]
+    covered = [c for c, _ in per_plane]
+    return (
+        float(np.mean(covered)),
+        float(np.percentile(covered, 10)),
+        statistics.median(w for _, w in per_plane),
+    )
+
+
+def mean_z2(images, stds) -> float:
+    total, count = 0.0, 0
+    for (mean, _, truth), std in zip(images, stds, strict=True):
+        m, t = mean.ravel(), truth.ravel()
+        a, b = np.linalg.lstsq(np.stack([m, np.ones_like(m)], 1), t, rcond=None)[0]
+        z = (truth - (a * mean + b)) / (a * np.maximum(std, 1e-3))
+        total, count = total + float((z**2).sum()), count + z.size
+    return total / count
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("action", choices=["pairs", "score"])
+    parser.add_argument("work", type=Path, nargs="?", help="pairs: where to write them")
+    parser.add_argument("--model", type=Path, default=bundled_model_path())
+    parser.add_argument("--crop", type=int, default=256)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--threads-per-worker", type=int, default=2)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args(argv)
+    if args.action == "pairs":
+        if args.work is None:
+            parser.error("pairs needs WORK")
+        args.work.mkdir(parents=True, exist_ok=True)
+        print(*write_pair(args.work, range(10, 20), args.crop, "cal"))
+        return
+    info = read_model(args.model)
+    settings = RunSettings()
+    key = settings.resolved(info.unet.train_resolution).calibration_key()
+    calibration = matching(info.calibrations, key)
+    if calibration is None:
+        sys.exit(f"{args.model}: no calibration for the default settings; run bigrestore calibrate")
+    cluster = ClusterSpec(workers=args.workers, threads_per_worker=args.threads_per_worker)
+    target = settings.changed(output_scale="target", dtype="float32")
+    with tempfile.TemporaryDirectory() as tmp:
+        low, high = write_pair(Path(tmp), range(0, 10), args.crop, "test")
+        images = restored_planes((low, high), args.model, target, cluster, Path(tmp), None)
+    rows = []
+    for level in LEVELS:
+        plain = scores(images, [Z[level] * std for _, std, _ in images])
+        calibrated = scores(images, [calibration.half_width(std, level) for _, std, _ in images])
+        rows.append({"level": level, "std_z": plain, "calibrated": calibrated})
+    z2 = {
+        "std": mean_z2(images, [std for _, std, _ in images]),
+        "calibrated_std": mean_z2(
+            images, [calibration.calibrated_std(std) for _, std, _ in images]
+        ),
+    }
+    command = " ".join(["python", "benchmarks/coverage.py", *(argv or sys.argv[1:])])
+    cpu = platform.processor() or platform.machine()
+    print(f"{len(images)} planes of {args.crop}² (W2S validation fields 061-070)")
+    print(f"calibration: {calibration.data}, {calibration.regions} regions, key {key}")
+    print(
+        "| level | std x z: coverage (p10 of planes) | width | calibrated: coverage (p10) | width |"
+    )
+    print("| --- | --- | --- | --- | --- |")
+    for r in rows:
+        (c0, p0, w0), (c1, p1, w1) = r["std_z"], r["calibrated"]
+        print(
+            f"| {level_key(r['level'])} | {c0:.3f} ({p0:.3f}) | {w0:.1f} | "
+            f"{c1:.3f} ({p1:.3f}) | {w1:.1f} |"
+        )
+    print(f"mean z²: std {z2['std']:.2f}, calibrated std {z2['calibrated_std']:.2f}")
+    print(f"command: {command}; CPU: {cpu}")
+    if args.out:
+        report = {"command": command, "cpu": cpu, "planes": len(images), "rows": rows, "z2": z2}
+        args.out.write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
