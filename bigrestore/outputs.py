@@ -111,7 +111,7 @@ OUTPUTS: tuple[OutputVolume, ...] = (
         "std_calibrated",
         "spread",
         "float32",
-        "pixel std scaled so that its z-scores have unit variance on the calibration data",
+        "pixel std scaled so that mean ± it covers 68.27 % of the calibration data, as 1 sigma",
         sampled_only=True,
         calibrated_only=True,
     ),

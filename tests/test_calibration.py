@@ -44,7 +44,7 @@ def test_an_exact_sampler_needs_no_correction():
     # underestimates it by 31/32: an exact sampler's factor is sqrt(33/32 * 32/31) = 1.032,
     # and its 90% interval 1.645 times that (the Gaussian quantile).
     expected = math.sqrt(33 / 31)
-    assert calibration.variance_factor[0] == pytest.approx(expected, abs=0.06)
+    assert calibration.std_factor[0] == pytest.approx(expected, abs=0.06)
     assert calibration.factors["0.9"][0] == pytest.approx(1.645 * expected, abs=0.12)
 
 
@@ -52,7 +52,7 @@ def test_a_narrow_sampler_is_corrected_and_then_covers():
     narrow = SamplerSettings(steps=6, clip_x0=False)  # about 0.6 of the posterior's spread
     images = posterior_images(narrow, 4, seed=2)
     calibration = fit_calibration(images, {"case": "narrow"}, "gaussian", region=8)
-    assert min(calibration.variance_factor) > 1.3  # its std is too small: widened
+    assert min(calibration.std_factor) > 1.3  # its std is too small: widened
     for mean, std, truth in posterior_images(narrow, 3, seed=3):  # fresh data
         raw, _ = coverage(mean, truth, 1.645 * std)
         covered, _ = coverage(mean, truth, calibration.half_width(std, 0.9))
@@ -66,7 +66,7 @@ def test_a_calibration_applies_only_to_its_own_settings():
             "key": {"sampler": "ddim", "steps": 8},
             "edges": [],
             "factors": {"0.9": [2.0]},
-            "variance_factor": [1.2],
+            "std_factor": [1.2],
             "regions": 10,
             "data": "x",
         }

@@ -135,5 +135,5 @@ def command(model: Path, **opts: Any) -> None:
             f"  {float(level):.0%} interval: mean ± {' / '.join(f'{f:.2f}' for f in factors)} x std "
             f"(by std bin)"
         )
-    click.echo(f"  calibrated std = {' / '.join(f'{f:.2f}' for f in found.variance_factor)} x std")
+    click.echo(f"  calibrated std = {' / '.join(f'{f:.2f}' for f in found.std_factor)} x std")
     click.echo(f"stored in {written / 'model.json'} for: {found.key}")

@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 
 LEVELS = (0.8, 0.9, 0.95)
+#: Coverage of mean ± 1 std under a Gaussian: what the calibrated std is scaled to.
+ONE_SIGMA = 0.6827
 #: Std below this (model space, where the image spans about [-1, 1]) counts as this much.
 STD_FLOOR = 1e-3
 #: Side of the regions that are the exchangeable units.
@@ -43,7 +45,7 @@ class Calibration:
     key: dict[str, Any]
     edges: list[float]
     factors: dict[str, list[float]]
-    variance_factor: list[float]
+    std_factor: list[float]
     regions: int
     data: str
 
@@ -67,8 +69,11 @@ class Calibration:
         return factors[self.bins(std)] * std
 
     def calibrated_std(self, std: np.ndarray) -> np.ndarray:
-        """std scaled so that the mean z² is 1 on the calibration data (per bin)."""
-        return np.asarray(self.variance_factor, dtype=np.float64)[self.bins(std)] * std
+        """std scaled so that mean ± calibrated std covers 68.27 % on the calibration data (per
+        bin), as one standard deviation of a Gaussian would. A coverage, not the RMS of z: a
+        few pixels with near-zero spread and a real error (highlights every sample pinned at
+        the clip bound) would otherwise inflate a whole bin's factor a hundredfold."""
+        return np.asarray(self.std_factor, dtype=np.float64)[self.bins(std)] * std
 
 
 def level_key(level: float) -> str:
@@ -141,14 +146,14 @@ def fit_calibration(
         else []
     )
     factors: dict[str, list[float]] = {level_key(lv): [] for lv in LEVELS}
-    variance = []
+    one_sigma = []
     for k in range(max(1, n_bins)):
         in_bin = [z[np.digitize(s, edges) == k] if edges else z for z, s in units]
         in_bin = [z for z in in_bin if z.size]
         for level in LEVELS:
             factors[level_key(level)].append(crc_factor(in_bin, level))
-        variance.append(float(np.sqrt(np.mean(np.concatenate(in_bin) ** 2))))
-    return Calibration(key, edges, factors, variance, len(units), data)
+        one_sigma.append(crc_factor(in_bin, ONE_SIGMA))
+    return Calibration(key, edges, factors, one_sigma, len(units), data)
 
 
 def coverage(mean: np.ndarray, truth: np.ndarray, half_width: np.ndarray) -> tuple[float, float]:
