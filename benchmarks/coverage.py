@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import tempfile
@@ -35,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
+from bigrestore.devices import cpu_name
 from bigrestore.diffusion.calibration import LEVELS, coverage, level_key, matching
 from bigrestore.io.meta import default_meta
 from bigrestore.io.write import write_image
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
         ),
     }
     command = " ".join(["python", "benchmarks/coverage.py", *(argv or sys.argv[1:])])
-    cpu = platform.processor() or platform.machine()
+    cpu = cpu_name()
     print(f"{len(images)} planes of {args.crop}² (W2S validation fields 061-070)")
     print(f"calibration: {calibration.data}, {calibration.regions} regions, key {key}")
     print(

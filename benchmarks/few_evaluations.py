@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import time
@@ -39,7 +38,7 @@ import numpy as np
 import tifffile
 import torch
 
-from bigrestore.devices import autocast_dtype
+from bigrestore.devices import autocast_dtype, cpu_name
 from bigrestore.diffusion.noise import TileKey
 from bigrestore.diffusion.repeated import sample_repeated
 from bigrestore.diffusion.samplers import SamplerSettings
@@ -194,7 +193,7 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(row), file=sys.stderr, flush=True)
     report = {
         "command": " ".join(["python", "benchmarks/few_evaluations.py", *(argv or sys.argv[1:])]),
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_name(),
         "torch_threads": torch.get_num_threads(),
         "crops": args.crops,
         "size": args.size,

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import tempfile
@@ -31,7 +30,7 @@ import numpy as np
 import tifffile
 import torch
 
-from bigrestore.devices import autocast_dtype
+from bigrestore.devices import autocast_dtype, cpu_name
 from bigrestore.diffusion.noise import TileKey
 from bigrestore.diffusion.repeated import sample_repeated
 from bigrestore.evaluate.metrics import fit_linear, psnr
@@ -132,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
             )
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     command = " ".join(["python", "benchmarks/finetune_w2s.py", *(argv or sys.argv[1:])])
-    cpu = platform.processor() or platform.machine()
+    cpu = cpu_name()
     print(f"5 pairs: W2S train fields 001-005, channel {args.channel}; {args.steps} steps each")
     print(f"scored on {len(target)} W2S val crops of 128² (channel {args.channel}), run defaults")
     print(f"starting model: {bundled} ({start.objective.name}, {start.weights_sha256[:12]})")

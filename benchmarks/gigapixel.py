@@ -25,7 +25,6 @@ import argparse
 import hashlib
 import json
 import os
-import platform
 import signal
 import subprocess
 import sys
@@ -39,6 +38,7 @@ import tifffile
 import torch
 import zarr
 
+from bigrestore.devices import cpu_name
 from bigrestore.io.meta import default_meta
 from bigrestore.io.runstore import run_status
 from bigrestore.io.write import write_image
@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> None:
     report["chunks_compared"] = len(a)
     report["chunks_differing"] = differing
     report["bit_identical"] = not any(differing.values())
-    report["cpu"] = platform.processor() or platform.machine()
+    report["cpu"] = cpu_name()
     report["command"] = " ".join(["python", "benchmarks/gigapixel.py", *(argv or sys.argv[1:])])
     print(json.dumps(report, indent=1))
 

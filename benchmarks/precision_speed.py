@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from pathlib import Path
 
 import torch
 
-from bigrestore.devices import native_bf16
+from bigrestore.devices import cpu_name, native_bf16
 from bigrestore.model.files import load_model
 from bigrestore.run.settings import bundled_model_path
 
@@ -107,7 +106,7 @@ def main() -> None:
     report = {
         "command": "python benchmarks/precision_speed.py",
         "model": str(args.model),
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_name(),
         "native_bf16": native_bf16(torch.device("cpu")),
         "torch": torch.__version__,
         "rows": rows,

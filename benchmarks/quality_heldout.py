@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import time
@@ -30,6 +29,7 @@ import numpy as np
 import tifffile
 from scipy.ndimage import gaussian_filter
 
+from bigrestore.devices import cpu_name
 from bigrestore.evaluate.metrics import fit_linear, ms_ssim, psnr
 from bigrestore.io.images import open_image
 from bigrestore.io.meta import default_meta
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> None:
             f"{r['ddpm_psnr'] - r['gaussian_psnr']:+.2f} | {r['gaussian_msssim']:.3f} / {r['ddpm_msssim']:.3f} |"
         )
     print(f"command: python benchmarks/quality_heldout.py {' '.join(argv or sys.argv[1:])}")
-    print(f"CPU: {platform.processor() or platform.machine()}")
+    print(f"CPU: {cpu_name()}")
     (args.work / "quality_heldout.json").write_text(json.dumps(rows, indent=1))
 
 

@@ -48,7 +48,7 @@ import numpy as np
 import psutil
 import torch
 
-from bigrestore.devices import autocast_dtype
+from bigrestore.devices import autocast_dtype, cpu_name
 from bigrestore.diffusion.objectives import get_objective
 from bigrestore.io.meta import default_meta
 from bigrestore.io.write import write_image
@@ -365,7 +365,7 @@ def table(result: dict[str, Any]) -> str:
 
 
 def machine() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
+    cpu = cpu_name()
     try:
         cpu = next(
             line.split(":", 1)[1].strip()

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import tifffile
 import torch
 from scipy.ndimage import gaussian_filter
 
-from bigrestore.devices import autocast_dtype
+from bigrestore.devices import autocast_dtype, cpu_name
 from bigrestore.diffusion.noise import TileKey
 from bigrestore.diffusion.repeated import sample_repeated
 from bigrestore.diffusion.samplers import SamplerSettings
@@ -141,7 +140,7 @@ def main() -> None:
         "images": len(cond),
         "samples": args.samples,
         "torch_threads": torch.get_num_threads(),
-        "machine": platform.processor() or platform.machine(),
+        "machine": cpu_name(),
         "rows": rows,
     }
     if args.out:

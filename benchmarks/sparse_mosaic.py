@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ import numpy as np
 import tifffile
 import zarr
 
+from bigrestore.devices import cpu_name
 from bigrestore.io.images import open_image
 from bigrestore.io.meta import default_meta
 from bigrestore.io.write import write_image
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
         "foreground-only pixels": int(foreground.sum()),
     }
     command = " ".join(["python", "benchmarks/sparse_mosaic.py", *(argv or sys.argv[1:])])
-    cpu = platform.processor() or platform.machine()
+    cpu = cpu_name()
     print("| quantity | value |\n| --- | --- |")
     for key, value in rows.items():
         print(f"| {key} | {value} |")

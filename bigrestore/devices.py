@@ -92,3 +92,24 @@ def network_autocast(
     return (
         torch.autocast(device_type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
     )
+
+
+def cpu_name() -> str:
+    """The CPU's model name with its bf16 support (benchmark figures name the CPU they ran on):
+    e.g. "AMD EPYC (avx512_bf16)", "Intel Xeon ... (amx_bf16)", or "... (no native bf16)"."""
+    import platform
+
+    try:
+        text = open("/proc/cpuinfo", encoding="utf-8").read()
+    except OSError:
+        return platform.processor() or platform.machine()
+    fields = {}
+    for line in text.splitlines():
+        if not line.strip():
+            break  # the first processor's block is enough
+        key, _, value = line.partition(":")
+        fields[key.strip()] = value.strip()
+    name = " ".join(fields.get("model name", platform.machine()).split())
+    flags = set(fields.get("flags", "").split())
+    bf16 = [f for f in ("amx_bf16", "avx512_bf16") if f in flags]
+    return f"{name} ({', '.join(bf16) if bf16 else 'no native bf16'})"
