@@ -29,8 +29,10 @@ from bigrestore.diffusion.schedule import Schedule, timesteps
 from bigrestore.errors import BadInputError, IncompatibleModelError
 
 #: The sampler settings these analytic tests were written for: deterministic DDIM on quadratic
-#: steps, all T steps, no clipping; each test names what it changes.
-ANALYTIC = dict(sampler="ddim", steps=None, eta=0.0, spacing="quadratic", clip_x0=False)
+#: steps, all T steps, no clipping, independent samples; each test names what it changes.
+ANALYTIC = dict(
+    sampler="ddim", steps=None, eta=0.0, spacing="quadratic", clip_x0=False, antithetic=False
+)
 
 
 def _settings(kw: dict) -> SamplerSettings:
@@ -654,7 +656,7 @@ def test_antithetic_pairs_cancel_the_noise_of_a_linear_sampler() -> None:
         _keys(2),
         2,
         sch,
-        SamplerSettings(steps=20),
+        SamplerSettings(steps=20, antithetic=False),
         objective=V_DIFFUSION,
         return_samples=True,
     )

@@ -16,7 +16,17 @@ from bigrestore.commands.run import OPTIONS as RUN_OPTIONS
 #: Options of ``run`` that change nothing a plan reports.
 NOT_PLANNED = ("resume", "overwrite")
 #: RunSettings fields given by ``run``'s options of the same name.
-SETTINGS = ("samples", "sampler", "eta", "spacing", "clip_x0", "tile", "overlap", "seed")
+SETTINGS = (
+    "samples",
+    "sampler",
+    "eta",
+    "spacing",
+    "clip_x0",
+    "antithetic",
+    "tile",
+    "overlap",
+    "seed",
+)
 SETTINGS += ("batch", "dtype", "output_scale", "chunk", "save_samples", "precision")
 
 

@@ -44,6 +44,7 @@ def command(input_path: Path, **opts: Any) -> None:
         eta=opts["eta"],
         spacing=opts["spacing"],
         clip_x0=opts["clip_x0"],
+        antithetic=opts["antithetic"],
         clip_bound=opts["clip_bound"],
         tile=opts["tile"],
         overlap=opts["overlap"],

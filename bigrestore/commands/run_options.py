@@ -201,6 +201,15 @@ OPTIONS = [
         help="Spacing of the sampler's steps over the T schedule steps.",
     ),
     option(
+        "--antithetic/--independent",
+        "antithetic",
+        section=SAMPLING,
+        default=True,
+        show_default=True,
+        help="Draw the samples in pairs with opposite noise (z, -z): their mean cancels the "
+        "noise's odd-order part (+0.2 dB at the same cost on W2S); --independent: N streams.",
+    ),
+    option(
         "--clip/--no-clip",
         "clip_x0",
         section=ADVANCED,
