@@ -1,13 +1,14 @@
 """Do the intervals hold their coverage on fields the calibration never saw? One table.
 
-    python benchmarks/coverage.py pairs WORK         # calibration pairs: W2S val 071-080
+    python benchmarks/coverage.py pairs WORK         # calibration pairs: even W2S val fields
     bigrestore calibrate bigrestore/data/model --low WORK/cal_low.zarr --high WORK/cal_high.zarr \
-        --workers 1 --threads-per-worker 2 --data "W2S validation fields 071-080, 256² centre crops"
+        --workers 1 --threads-per-worker 2 --data "W2S validation fields 062-080 (even), 256² crops"
     python benchmarks/coverage.py score [--model MODEL] [--out FILE.json]
 
 The bundled model was trained on all W2S training fields (001-060), so its calibration and
-this test both come from the validation fields, split in two disjoint halves: the intervals
-are calibrated on fields 071-080 and scored here on fields 061-070 (all 3 channels; centre
+this test both come from the validation fields, split in two disjoint, interleaved halves: the
+intervals are calibrated on the even-numbered fields 062-080 and scored here on the
+odd-numbered fields 061-079 (all 3 channels; centre
 ``--crop``² of each). Those are restored through ``run``'s own path with the default settings
 (in the model's target units, as ``calibrate`` does), then for each level (80, 90, 95 %) two
 intervals are scored against the avg400 ground truth, after the same per-image affine fit of
@@ -45,6 +46,11 @@ from bigrestore.run.cluster import ClusterSpec
 from bigrestore.run.settings import RunSettings, bundled_model_path
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "w2s"
+#: Indices into the 20 W2S validation fields (0 = field 061): the even-numbered fields
+#: calibrate, the odd-numbered ones test (interleaved, so that neither half is one stretch of
+#: the acquisition).
+CALIBRATION_FIELDS = range(1, 20, 2)
+TEST_FIELDS = range(0, 20, 2)
 #: Two-sided standard normal quantiles of the levels.
 Z = {0.8: 1.2816, 0.9: 1.6449, 0.95: 1.9600}
 
@@ -53,7 +59,7 @@ def write_pair(work: Path, fields: range, crop: int, prefix: str) -> tuple[Path,
     """Centre crops of W2S validation ``fields`` (0-based: 0 = field 061) as a low/high pair."""
     paths = []
     for kind in ("low", "high"):
-        stack = tifffile.imread(DATA / f"val_{kind}.tif")[fields.start : fields.stop]
+        stack = tifffile.imread(DATA / f"val_{kind}.tif")[fields.start : fields.stop : fields.step]
         y0 = (stack.shape[-2] - crop) // 2
         x0 = (stack.shape[-1] - crop) // 2
         data = np.ascontiguousarray(stack[..., y0 : y0 + crop, x0 : x0 + crop])
@@ -105,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.work is None:
             parser.error("pairs needs WORK")
         args.work.mkdir(parents=True, exist_ok=True)
-        print(*write_pair(args.work, range(10, 20), args.crop, "cal"))
+        print(*write_pair(args.work, CALIBRATION_FIELDS, args.crop, "cal"))
         return
     info = read_model(args.model)
     settings = RunSettings()
@@ -116,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
     cluster = ClusterSpec(workers=args.workers, threads_per_worker=args.threads_per_worker)
     target = settings.changed(output_scale="target", dtype="float32")
     with tempfile.TemporaryDirectory() as tmp:
-        low, high = write_pair(Path(tmp), range(0, 10), args.crop, "test")
+        low, high = write_pair(Path(tmp), TEST_FIELDS, args.crop, "test")
         images = restored_planes((low, high), args.model, target, cluster, Path(tmp), None)
     rows = []
     for level in LEVELS:
@@ -129,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     command = " ".join(["python", "benchmarks/coverage.py", *(argv or sys.argv[1:])])
     cpu = cpu_name()
-    print(f"{len(images)} planes of {args.crop}² (W2S validation fields 061-070)")
+    print(f"{len(images)} planes of {args.crop}² (W2S validation fields 061-079, odd)")
     print(f"calibration: {calibration.data}, {calibration.regions} regions, key {key}")
     print(
         "| level | std x z: coverage (p10 of planes) | width | calibrated: coverage (p10) | width |"
