@@ -10,6 +10,7 @@ import click
 from bigrestore.commands.help import SectionedCommand, option, option_name, with_options
 from bigrestore.commands.run import OPTIONS as RUN_OPTIONS
 from bigrestore.commands.run import ProgressBar
+from bigrestore.commands.run_options import settings_from_options
 
 #: The options of ``run`` that a calibration is made for (its key) or that say where it runs.
 SHARED = (
@@ -32,6 +33,8 @@ SHARED = (
     "scheduler",
     "device",
 )
+#: Of those, the RunSettings fields (a calibration's key and how it runs).
+SETTINGS = SHARED[: SHARED.index("precision") + 1]
 PAIRS = "Held-out pairs"
 
 OPTIONS = [
@@ -90,28 +93,12 @@ def command(model: Path, **opts: Any) -> None:
     from bigrestore.model.files import write_calibration
     from bigrestore.run.calibrate import calibrate
     from bigrestore.run.cluster import cluster_spec
-    from bigrestore.run.settings import run_settings
 
     if len(opts["lows"]) != len(opts["highs"]):
         raise click.UsageError(
             f"--low and --high must pair up: {len(opts['lows'])} vs {len(opts['highs'])}"
         )
-    sampler = opts["sampler"]
-    settings = run_settings(
-        samples=opts["samples"],
-        sampler=sampler,
-        steps=None if sampler == "ancestral" else opts["steps"],
-        eta=opts["eta"],
-        spacing=opts["spacing"],
-        clip_x0=opts["clip_x0"],
-        antithetic=opts["antithetic"],
-        clip_bound=opts["clip_bound"],
-        tile=opts["tile"],
-        overlap=opts["overlap"],
-        seed=opts["seed"],
-        batch=opts["batch"],
-        precision=opts["precision"],
-    )
+    settings = settings_from_options(opts, SETTINGS)
     cluster = cluster_spec(
         gpus=opts["gpus"],
         workers=opts["workers"],

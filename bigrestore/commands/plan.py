@@ -12,6 +12,7 @@ import click
 
 from bigrestore.commands.help import SectionedCommand, option, with_options
 from bigrestore.commands.run import OPTIONS as RUN_OPTIONS
+from bigrestore.commands.run_options import settings_from_options
 
 #: Options of ``run`` that change nothing a plan reports.
 NOT_PLANNED = ("resume", "overwrite")
@@ -73,11 +74,9 @@ def command(input_path: Path, **opts: Any) -> None:
     from bigrestore.run.cluster import cluster_spec, usable_cores
     from bigrestore.run.estimate import calibrate, estimate
     from bigrestore.run.plan import make_plan
-    from bigrestore.run.settings import default_output, run_settings
+    from bigrestore.run.settings import default_output
 
-    values = {key: opts[key] for key in SETTINGS}
-    values["steps"] = None if opts["sampler"] == "ancestral" else opts["steps"]
-    settings = run_settings(**values)
+    settings = settings_from_options(opts, (*SETTINGS, "steps"))
     cluster = cluster_spec(
         opts["gpus"], opts["workers"], opts["scheduler"], opts["threads_per_worker"]
     )

@@ -12,7 +12,17 @@ from typing import Any
 import click
 
 from bigrestore.commands.help import SectionedCommand, with_options
-from bigrestore.commands.run_options import OPTIONS  # noqa: E402  (the options, in --help order)
+from bigrestore.commands.run_options import (
+    OPTIONS,  # noqa: E402  (the options, in --help order)
+    settings_from_options,
+)
+
+#: RunSettings fields given by the options of the same name.
+SETTINGS = (
+    "samples", "sampler", "steps", "eta", "spacing", "clip_x0", "antithetic", "clip_bound",
+    "tile", "overlap", "seed", "batch", "dtype", "output_scale", "chunk", "save_samples",
+    "precision", "coverage", "skip_background", "background", "shared_noise",
+)  # fmt: skip
 
 
 @click.command("run", cls=SectionedCommand)
@@ -34,32 +44,8 @@ def command(input_path: Path, **opts: Any) -> None:
     """
     from bigrestore.run.cluster import cluster_spec
     from bigrestore.run.restore import restore
-    from bigrestore.run.settings import run_settings
 
-    sampler = opts["sampler"]
-    settings = run_settings(
-        samples=opts["samples"],
-        sampler=sampler,
-        steps=None if sampler == "ancestral" else opts["steps"],
-        eta=opts["eta"],
-        spacing=opts["spacing"],
-        clip_x0=opts["clip_x0"],
-        antithetic=opts["antithetic"],
-        clip_bound=opts["clip_bound"],
-        tile=opts["tile"],
-        overlap=opts["overlap"],
-        seed=opts["seed"],
-        batch=opts["batch"],
-        dtype=opts["dtype"],
-        output_scale=opts["output_scale"],
-        chunk=opts["chunk"],
-        save_samples=opts["save_samples"],
-        precision=opts["precision"],
-        coverage=float(opts["coverage"]),
-        skip_background=opts["skip_background"],
-        background=opts["background"],
-        shared_noise=opts["shared_noise"],
-    )
+    settings = settings_from_options(opts, SETTINGS)
     cluster = cluster_spec(
         gpus=opts["gpus"],
         workers=opts["workers"],

@@ -4,6 +4,7 @@ share the ones that apply to them."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -275,3 +276,17 @@ OPTIONS = [
         help="0.5 (zarr v3, default) or 0.4 (zarr v2); --resume keeps the store's.",
     ),
 ]
+
+
+def settings_from_options(opts: dict[str, Any], names: tuple[str, ...]) -> Any:
+    """RunSettings from the parsed options ``names`` (RunSettings fields given by options of
+    the same name): ``run``, ``plan`` and ``calibrate`` build theirs the same way. ``steps`` is
+    None for the ancestral sampler (all T steps); ``coverage`` comes as text from its choice."""
+    from bigrestore.run.settings import run_settings
+
+    values = {name: opts[name] for name in names}
+    if "steps" in values and opts["sampler"] == "ancestral":
+        values["steps"] = None
+    if "coverage" in values:
+        values["coverage"] = float(values["coverage"])
+    return run_settings(**values)

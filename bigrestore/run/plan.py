@@ -326,8 +326,8 @@ def make_plan(
     statistics: bool = True,
 ) -> RunPlan:
     """Validate everything and lay out the run (reads the input's statistics; writes nothing).
-    ``statistics=False`` skips the pixel scans (finite check, percentiles; placeholder
-    statistics): a plan to look at, not to run (``bigrestore plan``)."""
+    ``statistics=False`` skips the pixel scans (finite check, percentiles; every channel gets
+    Stats(0, 1) instead): a plan to look at, not to run (``bigrestore plan``)."""
     image = open_image(input_path, series=series)
     check_chunks(image, allow_missing_chunks)
     info = load_run_model(model)
