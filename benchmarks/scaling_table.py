@@ -1,0 +1,149 @@
+"""Quality against network width and training minutes on this machine: the scaling table.
+
+    python benchmarks/scaling_table.py SETDIR WORK [--width 16:1800 --width 24:800]
+        [--epochs 2] [--w2s-fields 5]
+
+For each ``--width W:S`` a copy of configs/cpu-generalist.yaml with W base channels (and W
+channels per attention head) and ``--epochs`` epochs of S steps is trained on the generalist
+set SETDIR (benchmarks/make_training_set.py; the same weighted pairs as
+benchmarks/train_bundled.sh). The widths train side by side, one process per core
+(OMP_NUM_THREADS=1, torch threads 1), so their minutes are comparable. Choose S so that the
+widths take about the same minutes: the table then reads as quality per CPU-minute.
+
+Two lengths per width come from one run: the end of epoch 1 and the end of the last epoch
+(the learning rate is cosine-annealed over the whole run, so epoch 1 is not annealed: it is
+what the same minutes give mid-run, a slight underestimate of a run planned that short).
+Quality columns:
+  * validation MAE: the trainer's own validation (EMA weights, the run's sampler, DDIM 8
+    steps x 4 samples, on the held-out 10 % of the training stores);
+  * held-out W2S PSNR of the final model: DDPM-avg with the run defaults by the real `run`
+    path on the centre crops of the first ``--w2s-fields`` W2S validation fields (3
+    channels each), after a least-squares fit, against the per-image best Gaussian
+    (benchmarks/quality_heldout.py's scoring).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from bigrestore.devices import cpu_name
+from bigrestore.model.files import parameter_count, read_model
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from quality_heldout import best_gaussian, held_out_sets, restore_stack, scores, unit  # noqa: E402
+
+HERE = Path(__file__).resolve().parents[1]
+PAIRS = (("w2s_train", 0.35), ("w2s_synth", 0.15), ("cells3d_train", 0.2), ("dsb_train", 0.1))
+PAIRS += (("ctc_train", 0.2),)
+
+
+def width_config(work: Path, width: int, steps: int, epochs: int) -> Path:
+    config = yaml.safe_load((HERE / "configs" / "cpu-generalist.yaml").read_text())
+    config["model"]["base_channels"] = width
+    config["model"]["channels_per_head"] = width
+    config.update(epochs=epochs, steps_per_epoch=steps, time_budget_minutes=None)
+    path = work / f"width{width}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def train_command(set_dir: Path, config: Path, out: Path) -> list[str]:
+    command = ["bigrestore", "train"]
+    for name, weight in PAIRS:
+        command += ["--low", str(set_dir / f"{name}_low.zarr")]
+        command += ["--high", str(set_dir / f"{name}_high.zarr"), "--weight", str(weight)]
+    return [*command, "--config", str(config), "--out", str(out), "--overwrite"]
+
+
+def epoch_rows(model_dir: Path) -> list[dict]:
+    with open(model_dir / "metrics.csv") as handle:
+        return [row for row in csv.DictReader(handle) if row["complete"] == "True"]
+
+
+def held_out_w2s(work: Path, model: Path, fields: int) -> dict:
+    low, high = held_out_sets(None, fields)["W2S validation (real)"]
+    settings = argparse.Namespace(samples=8, steps=8)
+    restored = restore_stack(work, f"w2s_{model.name}", low, model, settings)
+    ddpm, gauss = [], []
+    for lo, hi, re in zip(low, high, restored, strict=True):
+        gt01 = unit(hi)
+        ddpm.append(scores(re, gt01)[0])
+        gauss.append(best_gaussian(lo, gt01)[0])
+    return {
+        "images": len(low),
+        "ddpm_psnr": round(statistics.median(ddpm), 2),
+        "gaussian_psnr": round(statistics.median(gauss), 2),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("set_dir", type=Path)
+    parser.add_argument("work", type=Path)
+    parser.add_argument("--width", action="append", default=None, help="W:STEPS_PER_EPOCH")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--w2s-fields", type=int, default=5)
+    args = parser.parse_args(argv)
+    widths = [tuple(map(int, w.split(":"))) for w in args.width or ["16:1800", "24:800"]]
+    args.work.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    runs = {}
+    for width, steps in widths:
+        out = args.work / f"model_w{width}"
+        log = open(args.work / f"train_w{width}.log", "w")  # noqa: SIM115 - closed below
+        command = train_command(
+            args.set_dir, width_config(args.work, width, steps, args.epochs), out
+        )
+        runs[width] = (out, subprocess.Popen(command, env=env, stdout=log, stderr=log), log)
+    for width, (_, process, log) in runs.items():
+        if process.wait() != 0:
+            sys.exit(f"training width {width} failed: see {log.name}")
+        log.close()
+    rows = []
+    for width, (out, _, _) in runs.items():
+        info = read_model(out)
+        epochs = epoch_rows(out)
+        for row in epochs:
+            rows.append(
+                {
+                    "width": width,
+                    "parameters": parameter_count(info.unet),
+                    "steps": int(row["step"]),
+                    "minutes": round(float(row["wall_s"]) / 60, 1),
+                    "val_mae": round(float(row["val_mae"]), 4),
+                }
+            )
+        started = time.perf_counter()
+        rows[-1]["w2s_heldout"] = held_out_w2s(args.work, out, args.w2s_fields)
+        rows[-1]["w2s_heldout"]["seconds"] = round(time.perf_counter() - started, 1)
+        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    print(
+        "| base channels | parameters | steps | minutes (1 core) | validation MAE | W2S held-out DDPM-avg / best Gaussian (dB) |"
+    )
+    print("| --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        held = r.get("w2s_heldout")
+        score = f"{held['ddpm_psnr']:.2f} / {held['gaussian_psnr']:.2f}" if held else "—"
+        print(
+            f"| {r['width']} | {r['parameters'] / 1e6:.2f} M | {r['steps']} | {r['minutes']} | "
+            f"{r['val_mae']:.4f} | {score} |"
+        )
+    print(f"command: python benchmarks/scaling_table.py {' '.join(argv or sys.argv[1:])}")
+    print(f"CPU: {cpu_name()}")
+    (args.work / "scaling_table.json").write_text(
+        json.dumps({"cpu": cpu_name(), "rows": rows}, indent=1)
+    )
+
+
+if __name__ == "__main__":
+    main()
