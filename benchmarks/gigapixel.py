@@ -191,7 +191,8 @@ def manifest_figures(out: Path) -> dict:
         "network_evaluations": manifest["network_evaluations_this_run"],
         "skipped_tiles": manifest["skipped_tiles_this_run"],
         "compute_seconds": compute,
-        "blocks_per_second": round(manifest["blocks"] / compute, 3),
+        "blocks_this_run": manifest["blocks_this_run"],
+        "blocks_per_second": round(manifest["blocks_this_run"] / compute, 3),
         "pyramids_and_metadata_seconds": round(total - compute, 1),
     }
 
