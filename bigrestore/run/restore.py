@@ -203,23 +203,22 @@ def execute(
     if not tasks:
         return totals
     hint = resume_command(plan.input_path, Path(plan.job.output_root))
+
+    def kept() -> str:  # how far the run got, for every failure message below
+        return f"after {totals['done']} of {len(tasks)} blocks; finished blocks are kept"
+
     try:
         run_blocks(client, plan.job, plan.tasks, tasks, on_tiles, on_done)
     except KeyboardInterrupt as exc:
-        raise ResumableInterrupt(
-            f"interrupted after {totals['done']} of {len(tasks)} blocks; finished blocks are kept. Resume with: {hint}"
-        ) from exc
+        raise ResumableInterrupt(f"interrupted {kept()}. Resume with: {hint}") from exc
     except BigrestoreError as exc:  # a check on a worker (damaged chunk, bad pixels): same kind
         if hint in str(exc):
             raise
-        raise type(exc)(
-            f"{exc}. After {totals['done']} of {len(tasks)} blocks; finished blocks are kept; "
-            f"fix the cause, then: {hint}"
-        ) from exc
+        raise type(exc)(f"{exc}; {kept()}; fix the cause, then: {hint}") from exc
     except Exception as exc:  # a task failed on a worker: unreadable chunk, disk full, ...
         raise IOFailure(
-            f"{plan.input_path}: a block failed after {totals['done']} of {len(tasks)} blocks: "
-            f"{type(exc).__name__}: {exc}. Finished blocks are kept; fix the cause, then: {hint}"
+            f"{plan.input_path}: a block failed {kept()}: {type(exc).__name__}: {exc}; "
+            f"fix the cause, then: {hint}"
         ) from exc
     return totals
 
