@@ -165,14 +165,11 @@ def run(command: list[str], out: Path, kill_at: float | None) -> dict:
         "blocks_done": (run_status(out) or {}).get("blocks_done"),
     }
     running = [s for s in samples if s[0] < 1.0]
-    first = (
-        [s for s in running if s[0] < running[-1][0] / 4 + running[0][0] * 3 / 4] if running else []
-    )
-    last = (
-        [s for s in running if s[0] >= running[-1][0] * 3 / 4 + running[0][0] / 4]
-        if running
-        else []
-    )
+    first = last = []
+    if running:  # quarters of the progress this run made (a resumed run starts half-way)
+        start, end = running[0][0], running[-1][0]
+        first = [s for s in running if s[0] < start + (end - start) / 4]
+        last = [s for s in running if s[0] >= end - (end - start) / 4]
     for k, name in enumerate(("driver", "largest_worker_or_nanny"), start=1):
         report[f"{name}_peak_rss_gib"] = gib([s[k] for s in samples])
         report[f"{name}_peak_rss_gib first / last quarter of blocks"] = [

@@ -102,6 +102,42 @@ def restore_stack(
     return np.asarray(open_image(out / "mean").data.compute())
 
 
+def score_set(
+    work: Path,
+    name: str,
+    low: np.ndarray,
+    high: np.ndarray,
+    model: Path | None,
+    args: argparse.Namespace,
+) -> dict:
+    """One table row: medians of raw, best-Gaussian and DDPM-avg PSNR / MS-SSIM over a set."""
+    started = time.perf_counter()
+    restored = restore_stack(work, name.split()[0].replace("/", "_"), low, model, args)
+    seconds = time.perf_counter() - started
+    per = {"raw": [], "gaussian": [], "ddpm": [], "sigma": []}
+    for lo, hi, re in zip(low, high, restored, strict=True):
+        gt01 = unit(hi)
+        per["raw"].append(scores(lo, gt01))
+        p, m, s = best_gaussian(lo, gt01)
+        per["gaussian"].append((p, m))
+        per["sigma"].append(s)
+        per["ddpm"].append(scores(re, gt01))
+    return {
+        "set": name,
+        "images": len(low),
+        "seconds": round(seconds, 1),
+        **{
+            f"{k}_psnr": statistics.median(v[0] for v in per[k])
+            for k in ("raw", "gaussian", "ddpm")
+        },
+        **{
+            f"{k}_msssim": statistics.median(v[1] for v in per[k])
+            for k in ("raw", "gaussian", "ddpm")
+        },
+        "sigma_median": statistics.median(per["sigma"]),
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("work", type=Path)
@@ -114,35 +150,8 @@ def main(argv: list[str] | None = None) -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     rows = []
     for name, (low, high) in held_out_sets(args.set_dir, args.w2s_fields).items():
-        started = time.perf_counter()
-        restored = restore_stack(
-            args.work, name.split()[0].replace("/", "_"), low, args.model, args
-        )
-        seconds = time.perf_counter() - started
-        per = {"raw": [], "gaussian": [], "ddpm": [], "sigma": []}
-        for lo, hi, re in zip(low, high, restored, strict=True):
-            gt01 = unit(hi)
-            per["raw"].append(scores(lo, gt01))
-            p, m, s = best_gaussian(lo, gt01)
-            per["gaussian"].append((p, m))
-            per["sigma"].append(s)
-            per["ddpm"].append(scores(re, gt01))
-        row = {
-            "set": name,
-            "images": len(low),
-            "seconds": round(seconds, 1),
-            **{
-                f"{k}_psnr": statistics.median(v[0] for v in per[k])
-                for k in ("raw", "gaussian", "ddpm")
-            },
-            **{
-                f"{k}_msssim": statistics.median(v[1] for v in per[k])
-                for k in ("raw", "gaussian", "ddpm")
-            },
-            "sigma_median": statistics.median(per["sigma"]),
-        }
-        rows.append(row)
-        print(json.dumps(row), file=sys.stderr, flush=True)
+        rows.append(score_set(args.work, name, low, high, args.model, args))
+        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     print(
         "| held-out set | images | raw | best Gaussian (per image) | bigrestore DDPM-avg | margin | MS-SSIM G / D |"
     )

@@ -28,10 +28,8 @@ import argparse
 import csv
 import json
 import os
-import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import yaml
@@ -40,7 +38,7 @@ from bigrestore.devices import cpu_name
 from bigrestore.model.files import parameter_count, read_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quality_heldout import best_gaussian, held_out_sets, restore_stack, scores, unit  # noqa: E402
+from quality_heldout import held_out_sets, score_set  # noqa: E402
 
 HERE = Path(__file__).resolve().parents[1]
 PAIRS = (("w2s_train", 0.35), ("w2s_synth", 0.15), ("cells3d_train", 0.2), ("dsb_train", 0.1))
@@ -71,18 +69,15 @@ def epoch_rows(model_dir: Path) -> list[dict]:
 
 
 def held_out_w2s(work: Path, model: Path, fields: int) -> dict:
-    low, high = held_out_sets(None, fields)["W2S validation (real)"]
+    name = "W2S validation (real)"
+    low, high = held_out_sets(None, fields)[name]
     settings = argparse.Namespace(samples=8, steps=8)
-    restored = restore_stack(work, f"w2s_{model.name}", low, model, settings)
-    ddpm, gauss = [], []
-    for lo, hi, re in zip(low, high, restored, strict=True):
-        gt01 = unit(hi)
-        ddpm.append(scores(re, gt01)[0])
-        gauss.append(best_gaussian(lo, gt01)[0])
+    row = score_set(work, name, low, high, model, settings)
     return {
-        "images": len(low),
-        "ddpm_psnr": round(statistics.median(ddpm), 2),
-        "gaussian_psnr": round(statistics.median(gauss), 2),
+        "images": row["images"],
+        "ddpm_psnr": round(row["ddpm_psnr"], 2),
+        "gaussian_psnr": round(row["gaussian_psnr"], 2),
+        "seconds": row["seconds"],
     }
 
 
@@ -123,9 +118,7 @@ def main(argv: list[str] | None = None) -> None:
                     "val_mae": round(float(row["val_mae"]), 4),
                 }
             )
-        started = time.perf_counter()
         rows[-1]["w2s_heldout"] = held_out_w2s(args.work, out, args.w2s_fields)
-        rows[-1]["w2s_heldout"]["seconds"] = round(time.perf_counter() - started, 1)
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     print(
         "| base channels | parameters | steps | minutes (1 core) | validation MAE | W2S held-out DDPM-avg / best Gaussian (dB) |"

@@ -12,10 +12,7 @@ from typing import Any
 import click
 
 from bigrestore.commands.help import SectionedCommand, with_options
-from bigrestore.commands.run_options import (
-    OPTIONS,  # noqa: E402  (the options, in --help order)
-    settings_from_options,
-)
+from bigrestore.commands.run_options import OPTIONS, settings_from_options
 
 #: RunSettings fields given by the options of the same name.
 SETTINGS = (
