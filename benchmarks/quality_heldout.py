@@ -1,7 +1,7 @@
 """Honest quality on held-out data: raw, the strongest Gaussian filter, and a model's DDPM-avg.
 
     python benchmarks/quality_heldout.py WORK --model MODEL [--set SETDIR] [--samples 8] [--steps 8]
-        [--w2s-fields 20]
+        [--w2s-fields 20]   (--w2s-fields 0: only the synthetic sets)
 
 Held-out sets (no source image of them is in the bundled model's training data):
   * W2S validation fields 061-080 (real pairs), 256² centre crops, 3 channels each;
@@ -69,15 +69,15 @@ def held_out_sets(
     set_dir: Path | None, w2s_fields: int = 20
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """name -> (low, high) stacks of 2D crops (n, CROP, CROP); the first ``w2s_fields`` of the
-    W2S validation fields."""
-    low = tifffile.imread(DATA / "w2s" / "val_low.tif")[:w2s_fields]
-    high = tifffile.imread(DATA / "w2s" / "val_high.tif")[:w2s_fields]
-    sets = {
-        "W2S validation (real)": (
+    W2S validation fields (0: none, only the synthetic sets)."""
+    sets = {}
+    if w2s_fields > 0:
+        low = tifffile.imread(DATA / "w2s" / "val_low.tif")[:w2s_fields]
+        high = tifffile.imread(DATA / "w2s" / "val_high.tif")[:w2s_fields]
+        sets["W2S validation (real)"] = (
             centre(low).reshape(-1, CROP, CROP),
             centre(high).reshape(-1, CROP, CROP),
         )
-    }
     for name in ("cells3d_test", "dsb_test", "ctc_test"):
         if set_dir is None or not (set_dir / f"{name}_low.zarr").exists():
             continue
@@ -145,7 +145,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--set", dest="set_dir", type=Path, default=None)
     parser.add_argument("--samples", type=int, default=8)
     parser.add_argument("--steps", type=int, default=8)
-    parser.add_argument("--w2s-fields", type=int, default=20, help="W2S validation fields used")
+    parser.add_argument(
+        "--w2s-fields", type=int, default=20, help="W2S validation fields used (0: none)"
+    )
     args = parser.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
     rows = []

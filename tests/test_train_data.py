@@ -385,3 +385,73 @@ def test_checkpoint_round_trip_and_kill_during_write(tmp_path, monkeypatch):
     state.save_state(tmp_path, net, None, optimizer, scheduler, {"step": 2})
     assert state.read_record(tmp_path)["step"] == 2
     assert not (tmp_path / "state-00000001.json").exists()
+
+
+# ----------------------------------------------------------------------------- target frame
+
+
+def _camera_pair(tmp_path: Path, side: int = 128) -> tuple[Path, Path]:
+    """A clean image stored at one scale and its low-light camera image at another:
+    low = 5 * Poisson(20 * clean01 + 2) + 300, as a real pair from two acquisitions."""
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(3)
+    clean = gaussian_filter(rng.random((side, side)), 3)
+    clean01 = (clean - clean.min()) / (clean.max() - clean.min())
+    high = (clean01 * 4000).astype(np.uint16)
+    low = (5 * rng.poisson(20 * clean01 + 2) + 300).astype(np.uint16)
+    return _store(tmp_path / "low.zarr", low, "yx"), _store(tmp_path / "high.zarr", high, "yx")
+
+
+def _cond_on_target(reader: PatchReader, sources, side: int) -> tuple[float, float]:
+    """Least-squares slope and intercept of the condition on the target, whole plane."""
+    cond, target = draw_patch(reader, sources, np.random.default_rng(0), side, 0.0)
+    slope, intercept = np.polyfit(target.ravel(), cond.ravel(), 1)
+    return float(slope), float(intercept)
+
+
+def test_target_frame_low_makes_the_target_the_noise_free_input(tmp_path):
+    low, high = _camera_pair(tmp_path)
+    sources, _ = make_sources([open_pair(low, high)], None, 128, 0.0)
+    # low: the condition is the target plus zero-mean noise, whatever the two scales were.
+    slope, intercept = _cond_on_target(PatchReader(1.0, 99.8, target_frame="low"), sources, 128)
+    assert abs(slope - 1) < 0.02 and abs(intercept) < 0.02
+    # own (the paper's): each plane by its own percentiles, the map between them is not the
+    # identity, and the network would have to guess it from every patch.
+    slope, intercept = _cond_on_target(PatchReader(1.0, 99.8, target_frame="own"), sources, 128)
+    assert abs(slope - 1) > 0.1
+
+
+def test_fit_to_low_refuses_planes_that_do_not_show_the_same_image():
+    from bigrestore.train.patches import fit_to_low
+
+    rng = np.random.default_rng(0)
+    high = rng.random(4096)
+    a, b = fit_to_low(3 * high + 10 + rng.normal(0, 0.5, high.size), high, "pair")
+    assert abs(a - 3) < 0.1 and abs(b - 10) < 0.1
+    with pytest.raises(BadInputError, match="slope.*-"):
+        fit_to_low(-high, high, "swapped pair")
+    with pytest.raises(BadInputError, match="flat"):
+        fit_to_low(high, np.ones_like(high), "empty pair")
+
+
+def test_init_from_takes_the_models_target_frame_unless_the_config_sets_one(tmp_path):
+    import json
+    import shutil
+
+    from bigrestore.run.settings import bundled_model_path
+    from bigrestore.train.init import adopt_model
+
+    unset = load_config(CONFIGS / "finetune.yaml")
+    assert unset.target_frame is None and unset.frame == "own"
+    bundled = Path(bundled_model_path())
+    assert adopt_model(unset, bundled)[0].frame == "own"  # a file from before the field
+    low_model = tmp_path / "low_model"
+    shutil.copytree(bundled, low_model)
+    meta = json.loads((low_model / "model.json").read_text())
+    meta["normalization"]["target_frame"] = "low"
+    (low_model / "model.json").write_text(json.dumps(meta))
+    assert adopt_model(unset, low_model)[0].frame == "low"
+    explicit = unset.replace(target_frame="own")
+    assert adopt_model(explicit, low_model)[0].frame == "own"
+    assert load_config(CONFIGS / "cpu-generalist.yaml").frame == "low"

@@ -69,12 +69,16 @@ class Levels(BaseModel):
 
 class Normalization(BaseModel):
     """How intensities enter model space: per-image percentiles p_low/p_high ↦ -1/+1, and the
-    training targets' typical levels (``target``), used to map a restoration back."""
+    training targets' typical levels (``target``), used to map a restoration back.
+    ``target_frame`` (bigrestore.train.config): ``low`` means the network outputs the noise-free
+    input in the input's model space, so ``output_scale input`` returns the input's units
+    exactly; ``own`` (older files) means it outputs the target's percentile frame."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     method: Literal["percentile"] = "percentile"
     p_low: Percentile = 1.0
     p_high: Percentile = 99.8
+    target_frame: Literal["own", "low"] = "own"
     target: Levels | None = None
 
     @model_validator(mode="after")

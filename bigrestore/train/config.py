@@ -149,6 +149,14 @@ class TrainConfig(BaseModel):
     - ``ema``: decay of an exponential moving average of the weights, with a warm-up (see
       bigrestore.train.loop.ema_decay); 0: none. Validation and export use the average.
     - ``p_low``/``p_high``: percentiles of each plane mapped to -1/+1 (model space).
+    - ``target_frame``: how a target plane enters model space (bigrestore.train.patches).
+      ``own``: by its own percentiles, as the paper does; fine for pairs from one microscope,
+      whose low and high planes differ by a fixed intensity map. ``low``: fitted to its low
+      plane by least squares (a·high + b ≈ low) and normalised with the low plane's
+      percentiles, so the target is the noise-free input in the input's units. Needed when
+      pairs differ by background, gain and photon level (the generalist set): with ``own``
+      the network must guess that map from each patch, and the guesses differ from tile to
+      tile at run time. Unset: ``own``, or with --init-from the starting model's frame.
     - ``precision``: network arithmetic, see bigrestore.devices.autocast_dtype (auto: bf16
       autocast on GPUs and on CPUs with native bf16, fp32 master weights; else fp32).
     - ``train_timesteps``/``train_spacing``: train only on the K timesteps a K-step sampler
@@ -183,6 +191,7 @@ class TrainConfig(BaseModel):
     workers: NonNegativeInt = 1
     p_low: Percentile = 1.0
     p_high: Percentile = 99.8
+    target_frame: Literal["own", "low"] | None = None
     time_budget_minutes: Minutes | None = None
     checkpoint_minutes: Minutes = 10.0
     precision: Literal[PRECISIONS] = "auto"  # type: ignore[valid-type]
@@ -269,6 +278,11 @@ class TrainConfig(BaseModel):
             spacing=self.val_spacing,
             clip_x0=self.val_clip_x0,
         )
+
+    @property
+    def frame(self) -> str:
+        """The target frame in effect (``target_frame``, ``own`` when unset)."""
+        return self.target_frame or "own"
 
     def replace(self, **changes: Any) -> TrainConfig:
         """A validated copy with some top-level fields changed (e.g. ``epochs``)."""

@@ -179,6 +179,7 @@ def model_spec(config: TrainConfig, target: Stats, provenance: dict[str, Any]) -
             "method": "percentile",
             "p_low": config.p_low,
             "p_high": config.p_high,
+            "target_frame": config.frame,
             "target": target.to_dict(),
         },
         "provenance": provenance,

@@ -1,7 +1,8 @@
 """Fine-tuning: a training run that starts from an existing model's weights (``--init-from``).
 
-The starting model decides what the network is: its architecture, objective, noise schedule and
-normalisation percentiles are taken over, so a preset such as configs/finetune.yaml only says
+The starting model decides what the network is: its architecture, objective, noise schedule,
+normalisation percentiles and target frame are taken over (the frame only where the config
+leaves it unset: switching a model to target_frame ``low`` is a deliberate re-training), so a preset such as configs/finetune.yaml only says
 how to train (learning rate, steps, patches). Only the weights are taken, never the optimiser
 state: fine-tuning is a new run on the user's pairs, and the model file records where it began.
 """
@@ -38,6 +39,8 @@ def adopt_model(config: TrainConfig, path: Path) -> tuple[TrainConfig, ModelInfo
     fields["schedule"] = {"T": info.schedule.T, "s": info.schedule.s}
     fields["p_low"] = info.normalization.p_low
     fields["p_high"] = info.normalization.p_high
+    if config.target_frame is None:
+        fields["target_frame"] = info.normalization.target_frame
     return TrainConfig.from_dict(fields, source=f"{path} (the --init-from model)"), info
 
 

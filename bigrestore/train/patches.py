@@ -67,15 +67,23 @@ class PatchReader:
     """Reads patch regions and plane statistics of store pairs in one process.
 
     Arrays are opened on first use (through bigrestore.io.arrays), so instances can be sent to
-    worker processes before any is opened; statistics are cached in a bounded LRU keyed by
-    (array, plane).
+    worker processes before any is opened; statistics and fits are cached in bounded LRUs
+    keyed by (array, plane). ``target_frame`` is the config's (see :meth:`target_stats`).
     """
 
-    def __init__(self, p_low: float, p_high: float, cache_size: int = STATS_CACHE) -> None:
+    def __init__(
+        self,
+        p_low: float,
+        p_high: float,
+        cache_size: int = STATS_CACHE,
+        target_frame: str = "own",
+    ) -> None:
         self.p_low, self.p_high = p_low, p_high
         self.cache_size = cache_size
+        self.target_frame = target_frame
         self._arrays: dict[str, Any] = {}
         self._stats: OrderedDict[tuple[str, Plane], PlaneStats] = OrderedDict()
+        self._fits: OrderedDict[tuple[str, Plane], tuple[float, float]] = OrderedDict()
 
     def open_array(self, path: str) -> Any:
         """The (read-only) array at ``path`` (override to instrument reads)."""
@@ -87,6 +95,15 @@ class PatchReader:
             self._arrays[path] = self.open_array(path)
         return self._arrays[path]
 
+    def _cached(self, cache: OrderedDict, key: tuple[str, Plane], compute: Any) -> Any:
+        if key in cache:
+            cache.move_to_end(key)
+            return cache[key]
+        cache[key] = value = compute()
+        if len(cache) > self.cache_size:
+            cache.popitem(last=False)
+        return value
+
     def region(
         self, pair: StorePair, plane: Plane, which: str, y: int, x: int, size: int
     ) -> np.ndarray:
@@ -94,22 +111,76 @@ class PatchReader:
         index = pair.index(plane, which, slice(y, y + size), slice(x, x + size))
         return np.asarray(self._array(pair, which)[index], dtype=np.float32)
 
-    def stats(self, pair: StorePair, plane: Plane, which: str) -> PlaneStats:
-        """Whole-plane statistics from a strided subsample of at most STAT_PIXELS pixels."""
-        key = (pair.low_array if which == "low" else pair.high_array, plane)
-        if key in self._stats:
-            self._stats.move_to_end(key)
-            return self._stats[key]
+    def _subsample(self, pair: StorePair, plane: Plane, which: str) -> np.ndarray:
+        """A strided subsample of at most STAT_PIXELS pixels of the plane (the same positions
+        for low and high)."""
         ny, nx = pair.size("y"), pair.size("x")
         step = max(1, int(np.ceil(np.sqrt(ny * nx / STAT_PIXELS))))
         index = pair.index(plane, which, slice(None, None, step), slice(None, None, step))
-        values = np.asarray(self._array(pair, which)[index])
-        where = f"{pair.low if which == 'low' else pair.high} plane {pair.describe_plane(plane)}"
-        result = plane_stats(values, self.p_low, self.p_high, where)
-        self._stats[key] = result
-        if len(self._stats) > self.cache_size:
-            self._stats.popitem(last=False)
-        return result
+        return np.asarray(self._array(pair, which)[index])
+
+    def _where(self, pair: StorePair, plane: Plane, which: str) -> str:
+        return f"{pair.low if which == 'low' else pair.high} plane {pair.describe_plane(plane)}"
+
+    def stats(self, pair: StorePair, plane: Plane, which: str) -> PlaneStats:
+        """Whole-plane statistics from a strided subsample of at most STAT_PIXELS pixels."""
+        key = (pair.low_array if which == "low" else pair.high_array, plane)
+        return self._cached(
+            self._stats,
+            key,
+            lambda: plane_stats(
+                self._subsample(pair, plane, which),
+                self.p_low,
+                self.p_high,
+                self._where(pair, plane, which),
+            ),
+        )
+
+    def target_stats(self, pair: StorePair, plane: Plane) -> Stats:
+        """The normalisation that takes the target plane to model space.
+
+        ``own``: its own percentiles. ``low``: the low plane's percentiles applied to the
+        target fitted to the low plane (a·high + b ≈ low); written as levels of the target
+        itself, (low_stats - b) / a, so that ``to_model(high, ...)`` does both at once."""
+        if self.target_frame == "own":
+            return self.stats(pair, plane, "high").stats
+        a, b = self._cached(
+            self._fits,
+            (pair.high_array, plane),
+            lambda: fit_to_low(
+                self._subsample(pair, plane, "low"),
+                self._subsample(pair, plane, "high"),
+                f"{pair.low} / {pair.high} plane {pair.describe_plane(plane)}",
+            ),
+        )
+        low = self.stats(pair, plane, "low").stats
+        return Stats((low.low - b) / a, (low.high - b) / a)
+
+
+def fit_to_low(low: np.ndarray, high: np.ndarray, where: str) -> tuple[float, float]:
+    """Least-squares ``a, b`` with ``a·high + b ≈ low`` over the pixels finite in both.
+
+    The noise is in ``low`` (the regressand), so the slope is not attenuated by it. A slope
+    that is not positive means the planes do not show the same image (unregistered, swapped,
+    or empty): BadInputError, as training on it would teach the network nothing true."""
+    lo = np.asarray(low, dtype=np.float64).ravel()
+    hi = np.asarray(high, dtype=np.float64).ravel()
+    finite = np.isfinite(lo) & np.isfinite(hi)
+    lo, hi = lo[finite], hi[finite]
+    spread = hi.var() if hi.size else 0.0
+    if hi.size < 2 or spread <= 0.0:
+        raise BadInputError(describe(where, "high plane", "varying intensities", "a flat plane"))
+    slope = float(np.mean((hi - hi.mean()) * (lo - lo.mean())) / spread)
+    if not slope > 0.0:
+        raise BadInputError(
+            describe(
+                where,
+                "least-squares slope of low on high",
+                "positive (the same field, registered)",
+                f"{slope:.4g}",
+            )
+        )
+    return slope, float(lo.mean() - slope * hi.mean())
 
 
 def foreground_score(target: np.ndarray, stats: PlaneStats) -> float:
@@ -151,7 +222,8 @@ def draw_patch(
             continue
         low_stats = reader.stats(source.pair, plane, "low")
         high_stats = reader.stats(source.pair, plane, "high")
-        pair = (to_model(low, low_stats.stats), to_model(high, high_stats.stats))
+        target_stats = reader.target_stats(source.pair, plane)
+        pair = (to_model(low, low_stats.stats), to_model(high, target_stats))
         if not want_foreground:
             return pair
         score = foreground_score(high, high_stats)
@@ -194,13 +266,15 @@ def target_statistics(
     sources: Sequence[Source], reader: PatchReader, max_planes: int = 64
 ) -> Stats:
     """Median over (up to ``max_planes`` evenly chosen) training target planes of their
-    normalisation statistics: the intensity scale ``bigrestore run`` maps its output back to."""
+    normalisation statistics: the intensity scale ``bigrestore run`` maps its output back to
+    (with target_frame ``low``, the targets are in their low planes' units: those planes')."""
     planes = [(s.pair, p) for s in sources for p in s.planes]
     if len(planes) > max_planes:
         planes = [
             planes[i] for i in np.linspace(0, len(planes) - 1, max_planes).round().astype(int)
         ]
-    stats = [reader.stats(pair, plane, "high").stats for pair, plane in planes]
+    which = "low" if reader.target_frame == "low" else "high"
+    stats = [reader.stats(pair, plane, which).stats for pair, plane in planes]
     return Stats(
         float(np.median([s.low for s in stats])), float(np.median([s.high for s in stats]))
     )
@@ -227,6 +301,7 @@ class PatchBatches(IterableDataset):
         foreground_bias: float,
         p_low: float,
         p_high: float,
+        target_frame: str = "own",
     ) -> None:
         super().__init__()
         self.sources = list(sources)
@@ -235,6 +310,7 @@ class PatchBatches(IterableDataset):
         self.augment = augment
         self.foreground_bias = foreground_bias
         self.p_low, self.p_high = p_low, p_high
+        self.target_frame = target_frame
 
     def make_batch(self, reader: PatchReader, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The batch of training step ``step`` (a pure function of the data, settings, step)."""
@@ -252,6 +328,6 @@ class PatchBatches(IterableDataset):
     def __iter__(self) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        reader = PatchReader(self.p_low, self.p_high)
+        reader = PatchReader(self.p_low, self.p_high, target_frame=self.target_frame)
         for step in range(self.start + worker, self.stop, workers):
             yield (step, *self.make_batch(reader, step))

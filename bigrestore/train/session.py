@@ -244,6 +244,7 @@ class Session:
             foreground_bias=config.foreground_bias,
             p_low=config.p_low,
             p_high=config.p_high,
+            target_frame=config.frame,
         )
         return DataLoader(
             dataset,

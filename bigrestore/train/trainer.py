@@ -95,7 +95,7 @@ def read_data(
     train_sources, val_sources = make_sources(
         train_pairs, held_pairs, config.patch, config.val_fraction
     )
-    reader = PatchReader(config.p_low, config.p_high)
+    reader = PatchReader(config.p_low, config.p_high, target_frame=config.frame)
     data = TrainingData(
         record, train_sources, val_sources, target_statistics(train_sources, reader)
     )
