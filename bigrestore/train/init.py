@@ -2,9 +2,10 @@
 
 The starting model decides what the network is: its architecture, objective, noise schedule,
 normalisation percentiles and target frame are taken over (the frame only where the config
-leaves it unset: switching a model to target_frame ``low`` is a deliberate re-training), so a preset such as configs/finetune.yaml only says
-how to train (learning rate, steps, patches). Only the weights are taken, never the optimiser
-state: fine-tuning is a new run on the user's pairs, and the model file records where it began.
+leaves it unset: switching a model to target_frame ``low`` is a deliberate re-training), so a
+preset such as configs/finetune.yaml only says how to train (learning rate, steps, patches).
+Only the weights are taken, never the optimiser state: fine-tuning is a new run on the user's
+pairs, and the model file records where it began.
 """
 
 from __future__ import annotations
