@@ -109,7 +109,7 @@ def model(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def trained_model() -> Path:
-    """The bundled W2S model (16 base channels, 3 levels). Seams need a model whose output
+    """The bundled model (24 base channels, 3 levels). Seams need a model whose output
     follows the image: an untrained net gives clipped white noise in which abutting tiles went
     unnoticed (overlap-0 check at z = -1.5 with a 3-level untrained net)."""
     path = bundled_model_path()

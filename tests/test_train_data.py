@@ -444,14 +444,21 @@ def test_init_from_takes_the_models_target_frame_unless_the_config_sets_one(tmp_
 
     unset = load_config(CONFIGS / "finetune.yaml")
     assert unset.target_frame is None and unset.frame == "own"
-    bundled = Path(bundled_model_path())
-    assert adopt_model(unset, bundled)[0].frame == "own"  # a file from before the field
-    low_model = tmp_path / "low_model"
-    shutil.copytree(bundled, low_model)
-    meta = json.loads((low_model / "model.json").read_text())
-    meta["normalization"]["target_frame"] = "low"
-    (low_model / "model.json").write_text(json.dumps(meta))
+
+    def model_with_frame(name: str, frame: str | None) -> Path:
+        path = tmp_path / name
+        shutil.copytree(bundled_model_path(), path)
+        meta = json.loads((path / "model.json").read_text())
+        meta["normalization"].pop("target_frame", None)
+        if frame is not None:
+            meta["normalization"]["target_frame"] = frame
+        (path / "model.json").write_text(json.dumps(meta))
+        return path
+
+    assert adopt_model(unset, model_with_frame("old", None))[0].frame == "own"  # before the key
+    low_model = model_with_frame("low", "low")
     assert adopt_model(unset, low_model)[0].frame == "low"
     explicit = unset.replace(target_frame="own")
     assert adopt_model(explicit, low_model)[0].frame == "own"
+    assert adopt_model(unset, Path(bundled_model_path()))[0].frame == "low"  # the generalist
     assert load_config(CONFIGS / "cpu-generalist.yaml").frame == "low"
