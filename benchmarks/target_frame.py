@@ -26,15 +26,9 @@ from scipy.ndimage import gaussian_filter
 
 from bigrestore.devices import cpu_name
 from bigrestore.evaluate.metrics import fit_linear, psnr
-from bigrestore.io.images import open_image
-from bigrestore.io.meta import default_meta
-from bigrestore.io.write import write_image
-from bigrestore.run.cluster import ClusterSpec
-from bigrestore.run.restore import restore
-from bigrestore.run.settings import run_settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quality_heldout import DATA, best_gaussian, centre, unit  # noqa: E402
+from quality_heldout import DATA, best_gaussian, centre, restore_stack, unit  # noqa: E402
 
 COARSE_SIGMA = 2.0
 
@@ -62,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     low = centre(tifffile.imread(DATA / "w2s" / "val_low.tif")[: args.fields]).reshape(-1, 256, 256)
     high = centre(tifffile.imread(DATA / "w2s" / "val_high.tif")[: args.fields])
     truths = [unit(h) for h in high.reshape(-1, 256, 256)]
-    source = write_image(args.work / "crops.zarr", low, default_meta("tyx"), overwrite=True)
+    sampling = argparse.Namespace(samples=8, steps=8)  # the run defaults
     rows = [
         {
             "model": "best Gaussian (oracle)",
@@ -71,16 +65,8 @@ def main(argv: list[str] | None = None) -> None:
     ]
     for entry in args.model:
         name, _, path = entry.partition("=")
-        out = args.work / f"{name}.zarr"
-        restore(
-            source,
-            out,
-            model=None if path == "bundled" else Path(path),
-            settings=run_settings(dtype="float32"),
-            cluster=ClusterSpec(),
-            overwrite=out.exists(),
-        )
-        means = np.asarray(open_image(out / "mean").data.compute())
+        model = None if path == "bundled" else Path(path)
+        means = restore_stack(args.work, name, low, model, sampling)
         parts = [residual_parts(m, gt) for m, gt in zip(means, truths, strict=True)]
         rows.append(
             {
