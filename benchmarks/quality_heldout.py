@@ -91,11 +91,18 @@ def held_out_sets(
 
 
 def restore_stack(
-    work: Path, name: str, low: np.ndarray, model: Path | None, args: argparse.Namespace
+    work: Path,
+    name: str,
+    low: np.ndarray,
+    model: Path | None,
+    args: argparse.Namespace,
+    **changes: object,
 ) -> np.ndarray:
+    """The mean of `bigrestore run` on a stack of crops (run defaults, ``args``' samples and
+    steps, any other run settings in ``changes``)."""
     source = write_image(work / f"{name}.zarr", low, default_meta("tyx"), overwrite=True)
     out = work / f"{name}.restored.zarr"
-    settings = run_settings(samples=args.samples, steps=args.steps, dtype="float32")
+    settings = run_settings(samples=args.samples, steps=args.steps, dtype="float32", **changes)
     restore(
         source, out, model=model, settings=settings, cluster=ClusterSpec(), overwrite=out.exists()
     )

@@ -76,3 +76,18 @@ def test_a_calibration_applies_only_to_its_own_settings():
     assert np.allclose(
         matching(entries, {"sampler": "ddim", "steps": 8}).half_width(np.ones(3), 0.9), 2.0
     )
+
+
+def test_a_calibration_from_before_mirrored_samples_applies_only_without_them():
+    """Files written before ``flips`` existed hold keys without it; they were made with every
+    sample as the tile lies, so they apply to --no-flips runs and not to flips runs."""
+    entry = {
+        "key": {"sampler": "ddim", "steps": 8},
+        "edges": [],
+        "factors": {"0.9": [2.0]},
+        "std_factor": [1.2],
+        "regions": 10,
+        "data": "x",
+    }
+    assert matching([entry], {"sampler": "ddim", "steps": 8, "flips": False}) is not None
+    assert matching([entry], {"sampler": "ddim", "steps": 8, "flips": True}) is None

@@ -21,6 +21,7 @@ SHARED = (
     "spacing",
     "clip_x0",
     "antithetic",
+    "flips",
     "clip_bound",
     "tile",
     "overlap",

@@ -24,6 +24,7 @@ SETTINGS = (
     "spacing",
     "clip_x0",
     "antithetic",
+    "flips",
     "tile",
     "overlap",
     "seed",

@@ -16,7 +16,7 @@ from bigrestore.commands.run_options import OPTIONS, settings_from_options
 
 #: RunSettings fields given by the options of the same name.
 SETTINGS = (
-    "samples", "sampler", "steps", "eta", "spacing", "clip_x0", "antithetic", "clip_bound",
+    "samples", "sampler", "steps", "eta", "spacing", "clip_x0", "antithetic", "flips", "clip_bound",
     "tile", "overlap", "seed", "batch", "dtype", "output_scale", "chunk", "save_samples",
     "precision", "coverage", "skip_background", "background", "shared_noise",
 )  # fmt: skip

@@ -211,6 +211,16 @@ OPTIONS = [
         "noise's odd-order part (+0.2 dB at the same cost on W2S); --independent: N streams.",
     ),
     option(
+        "--flips/--no-flips",
+        "flips",
+        section=SAMPLING,
+        default=True,
+        show_default=True,
+        help="Show the network each pair of samples in another mirror orientation of the tile "
+        "(none, left-right, up-down, both) and mirror the result back: a better mean at the "
+        "same cost; --no-flips: every sample as the tile lies.",
+    ),
+    option(
         "--clip/--no-clip",
         "clip_x0",
         section=ADVANCED,

@@ -166,9 +166,19 @@ def coverage(mean: np.ndarray, truth: np.ndarray, half_width: np.ndarray) -> tup
     return float(inside.mean()), float(2 * a * half_width.mean())
 
 
+#: Sampler settings added after calibrations were first stored, with the value that older
+#: calibrations (whose keys lack them) were made with.
+KEY_DEFAULTS_OF_OLDER_FILES: dict[str, Any] = {"flips": False}
+
+
+def full_key(key: dict[str, Any]) -> dict[str, Any]:
+    """A calibration key with the settings added since older files filled in."""
+    return {**KEY_DEFAULTS_OF_OLDER_FILES, **key}
+
+
 def matching(entries: Sequence[dict[str, Any]], key: dict[str, Any]) -> Calibration | None:
     """The stored calibration made for exactly ``key`` (sampler settings, samples, tile), if any."""
     for entry in entries:
-        if entry.get("key") == key:
+        if full_key(entry.get("key", {})) == full_key(key):
             return Calibration.from_dict(entry)
     return None

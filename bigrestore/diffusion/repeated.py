@@ -11,6 +11,7 @@ on which other tiles share its batch.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -43,19 +44,43 @@ class CountingNet:
         return self.net(cond, y_t, alpha_bar)
 
 
+def mirror(x: torch.Tensor, orientations: Sequence[int]) -> torch.Tensor:
+    """Item b of x (B, C, H, W) mirrored by orientations[b] (bit 0: x, bit 1: y). Each
+    orientation is its own inverse, so the same call mirrors back."""
+    if not any(orientations):
+        return x
+    out = x.clone()
+    for code in set(orientations) - {0}:
+        items = torch.tensor([b for b, o in enumerate(orientations) if o == code], device=x.device)
+        dims = [d for bit, d in ((1, -1), (2, -2)) if code & bit]
+        out[items] = x.index_select(0, items).flip(dims)
+    return out
+
+
 def network_denoiser(
-    net: Network, cond: torch.Tensor, objective: Objective, autocast_dtype: torch.dtype | None
+    net: Network,
+    cond: torch.Tensor,
+    objective: Objective,
+    autocast_dtype: torch.dtype | None,
+    orientations: Sequence[int] | None = None,
 ) -> DenoiseFn:
-    """denoise(y_t, ab_t) -> (x0, eps) from the network's output as ``objective`` reads it."""
+    """denoise(y_t, ab_t) -> (x0, eps) from the network's output as ``objective`` reads it.
+
+    With ``orientations``, item b is shown to the network mirrored by orientations[b] and its
+    estimates are mirrored back, so the sampler itself (and its noise) stays in tile space."""
     if objective.denoise is None:
         raise BadInputError(describe("sample", "objective", "a sampled objective", objective.name))
     read = objective.denoise
+    codes = list(orientations or [])
+    cond = mirror(cond, codes) if codes else cond
 
     def denoise(y: torch.Tensor, ab: float) -> tuple[torch.Tensor, torch.Tensor]:
         ab_t = torch.full((y.shape[0],), float(ab), dtype=torch.float32, device=y.device)
+        seen = mirror(y, codes) if codes else y
         with network_autocast(y.device.type, autocast_dtype):
-            out = net(cond, y, ab_t)
-        return read(out.float(), y, ab)
+            out = net(cond, seen, ab_t)
+        x0, eps = read(out.float(), seen, ab)
+        return (mirror(x0, codes), mirror(eps, codes)) if codes else (x0, eps)
 
     return denoise
 
@@ -72,10 +97,12 @@ def sample(
     device: torch.device | str | None = None,
     autocast_dtype: torch.dtype | None = None,
     out_channels: int | None = None,
+    orientations: Sequence[int] | None = None,
 ) -> torch.Tensor:
     """One sample y_0 per batch item: float32 (B, Co, H, W) on ``device`` (default: cond's).
 
-    cond (B, Cc, H, W); streams[i] supplies all noise of item i.
+    cond (B, Cc, H, W); streams[i] supplies all noise of item i; orientations[i] (default
+    none) is the mirror in which the network sees item i (SamplerSettings.orientation).
     """
     ts = settings.timesteps(schedule, "sample")
     if len(streams) != cond.shape[0]:
@@ -87,7 +114,9 @@ def sample(
     def noise() -> torch.Tensor:
         return batched_noise(streams, shape, device)
 
-    denoise = network_denoiser(net, cond, objective, autocast_dtype)
+    if orientations is not None and len(orientations) != cond.shape[0]:
+        raise BadInputError(describe("sample", "orientations", cond.shape[0], len(orientations)))
+    denoise = network_denoiser(net, cond, objective, autocast_dtype, orientations)
     return SAMPLERS[settings.sampler].run(denoise, noise(), noise, schedule, ts, settings)
 
 
@@ -153,7 +182,8 @@ def sample_repeated(
 
     cond (B, Cc, H, W); keys[b] locates tile b. The B x N (tile, sample) pairs, tile-major,
     run through :func:`sample` in chunks of at most max_batch network-batch items; pair
-    (b, i) always uses NoiseStream(keys[b], i), so the noise does not depend on max_batch.
+    (b, i) always uses NoiseStream(keys[b], i) and orientation settings.orientation(i), so
+    neither the noise nor the mirroring depends on max_batch.
     pad_batches (default on) fills a short last chunk with throw-away items so every network
     call has max_batch items: conv/linear kernels give a bit-different result for the same
     item at batch size 1 and 16 (measured ~1e-7 on CPU) but not at the same size, so padding
@@ -175,6 +205,7 @@ def sample_repeated(
         tiles = torch.tensor([tile for tile, _ in chunk] + [0] * pad, device=cond.device)
         streams = [sample_stream(keys[tile], i, settings.antithetic) for tile, i in chunk]
         streams += [NoiseStream(keys[0], n_samples + k) for k in range(pad)]  # discarded
+        orientations = [settings.orientation(i) for _, i in chunk] + [0] * pad
         y = sample(
             net,
             cond.index_select(0, tiles),
@@ -185,6 +216,7 @@ def sample_repeated(
             device=device,
             autocast_dtype=autocast_dtype,
             out_channels=co,
+            orientations=orientations,
         )
         for j, (tile, i) in enumerate(chunk):
             out[i, tile] = y[j]

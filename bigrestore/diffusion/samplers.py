@@ -46,6 +46,12 @@ class SamplerSettings(BaseModel):
     diffused to (default T/4). ``antithetic`` (default on): samples come in pairs whose noise
     is z and -z, which cancels the odd-order part of the noise in their mean: +0.2 dB on W2S
     at the same cost, the std as well calibrated (docs/benchmarks.md, "Few evaluations").
+    ``flips`` (default on): the network sees each pair of samples (each sample, without
+    ``antithetic``) in one of the four mirror orientations of the tile (none, left-right,
+    up-down, both; the bundled model trained with flips), and its output is mirrored back.
+    Errors the network makes in one orientation but not in another then average out in the
+    mean at no extra network calls (docs/benchmarks.md, "Mirrored samples"); a single sample
+    is never mirrored.
     ``clip_x0`` clips each predicted clean image to [-clip_bound, clip_bound] (the authors'
     Palette-style code: [-1, 1]): without it the first steps of an eps-model divide its error
     by sqrt(alpha_bar_T) ~ 2.5e-4 and an imperfect model diverges (measured: values of
@@ -63,6 +69,7 @@ class SamplerSettings(BaseModel):
     clip_bound: Annotated[float, Field(gt=0.0, allow_inf_nan=False)] = 1.0
     start: Annotated[StrictInt, Field(ge=1)] | None = None
     antithetic: StrictBool = True
+    flips: StrictBool = True
 
     @field_validator("sampler")
     @classmethod
@@ -90,6 +97,13 @@ class SamplerSettings(BaseModel):
         if k > schedule.T:
             raise BadInputError(describe(where, "steps", f"at most T = {schedule.T}", k))
         return timesteps(schedule.T, k, self.spacing)
+
+    def orientation(self, sample: int) -> int:
+        """The mirror orientation of sample ``sample`` of a tile: bit 0 flips x, bit 1 flips y.
+        Both members of an antithetic pair share one, so their noise still cancels."""
+        if not self.flips:
+            return 0
+        return (sample // 2 if self.antithetic else sample) % 4
 
     def evaluations_per_sample(self, schedule: Schedule) -> int:
         """Network calls per sample (one batch item through the network once = 1)."""

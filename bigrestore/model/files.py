@@ -23,6 +23,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from bigrestore.checks import validate_model
+from bigrestore.diffusion.calibration import full_key
 from bigrestore.diffusion.objectives import Objective, get_objective
 from bigrestore.diffusion.schedule import Schedule
 from bigrestore.errors import (
@@ -358,7 +359,8 @@ def write_calibration(path: Path, entry: dict[str, Any], out: Path | None = None
         weights = (info.directory / WEIGHTS_FILE).read_bytes()
         write_atomic(target / WEIGHTS_FILE, lambda p: p.write_bytes(weights))
     meta = dict(info.meta)
-    entries = [e for e in info.calibrations if e.get("key") != entry.get("key")]
+    made_for = full_key(entry["key"])
+    entries = [e for e in info.calibrations if full_key(e.get("key", {})) != made_for]
     meta["calibration"] = {"entries": [*entries, entry]}
     try:
         text = json.dumps(meta, indent=2, allow_nan=False) + "\n"
