@@ -60,17 +60,20 @@ def test_a_narrow_sampler_is_corrected_and_then_covers():
         assert covered == pytest.approx(0.9, abs=0.02)
 
 
+def _stored_entry(key: dict) -> dict:
+    """A calibration as model.json stores it: one bin, factor 2 at 90 %."""
+    return {
+        "key": key,
+        "edges": [],
+        "factors": {"0.9": [2.0]},
+        "std_factor": [1.2],
+        "regions": 10,
+        "data": "x",
+    }
+
+
 def test_a_calibration_applies_only_to_its_own_settings():
-    entries = [
-        {
-            "key": {"sampler": "ddim", "steps": 8},
-            "edges": [],
-            "factors": {"0.9": [2.0]},
-            "std_factor": [1.2],
-            "regions": 10,
-            "data": "x",
-        }
-    ]
+    entries = [_stored_entry({"sampler": "ddim", "steps": 8})]
     assert matching(entries, {"sampler": "ddim", "steps": 8}) is not None
     assert matching(entries, {"sampler": "ddim", "steps": 16}) is None
     assert np.allclose(
@@ -81,13 +84,6 @@ def test_a_calibration_applies_only_to_its_own_settings():
 def test_a_calibration_from_before_mirrored_samples_applies_only_without_them():
     """Files written before ``flips`` existed hold keys without it; they were made with every
     sample as the tile lies, so they apply to --no-flips runs and not to flips runs."""
-    entry = {
-        "key": {"sampler": "ddim", "steps": 8},
-        "edges": [],
-        "factors": {"0.9": [2.0]},
-        "std_factor": [1.2],
-        "regions": 10,
-        "data": "x",
-    }
+    entry = _stored_entry({"sampler": "ddim", "steps": 8})
     assert matching([entry], {"sampler": "ddim", "steps": 8, "flips": False}) is not None
     assert matching([entry], {"sampler": "ddim", "steps": 8, "flips": True}) is None

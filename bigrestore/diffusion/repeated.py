@@ -71,16 +71,16 @@ def network_denoiser(
     if objective.denoise is None:
         raise BadInputError(describe("sample", "objective", "a sampled objective", objective.name))
     read = objective.denoise
-    codes = list(orientations or [])
-    cond = mirror(cond, codes) if codes else cond
+    codes = list(orientations or [])  # none or all zero: mirror() returns its input
+    cond = mirror(cond, codes)
 
     def denoise(y: torch.Tensor, ab: float) -> tuple[torch.Tensor, torch.Tensor]:
         ab_t = torch.full((y.shape[0],), float(ab), dtype=torch.float32, device=y.device)
-        seen = mirror(y, codes) if codes else y
+        seen = mirror(y, codes)
         with network_autocast(y.device.type, autocast_dtype):
             out = net(cond, seen, ab_t)
         x0, eps = read(out.float(), seen, ab)
-        return (mirror(x0, codes), mirror(eps, codes)) if codes else (x0, eps)
+        return mirror(x0, codes), mirror(eps, codes)
 
     return denoise
 
