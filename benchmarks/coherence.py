@@ -25,7 +25,6 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from bigrestore.devices import cpu_name
 from bigrestore.evaluate.metrics import fit_linear, psnr
 from bigrestore.io.images import open_image
 from bigrestore.io.meta import default_meta
@@ -34,6 +33,8 @@ from bigrestore.run.cluster import ClusterSpec
 from bigrestore.run.restore import restore
 from bigrestore.run.settings import run_settings
 from bigrestore.train.degrade import Degradation, clean01, degrade
+
+from report import finish, markdown_table
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "clean"
 
@@ -111,18 +112,30 @@ def main(argv: list[str] | None = None) -> None:
             }
             rows.append(row)
             print(json.dumps(row), file=sys.stderr, flush=True)
-    print(
-        "| stack | sampling noise | PSNR | flicker (1 = truth) | 2nd difference | cov 90% | raw flicker |"
+    table = markdown_table(
+        [
+            "stack",
+            "sampling noise",
+            "PSNR",
+            "flicker (1 = truth)",
+            "2nd difference",
+            "cov 90%",
+            "raw flicker",
+        ],
+        [
+            [
+                r["stack"],
+                r["noise"],
+                f"{r['psnr']:.2f}",
+                f"{r['flicker']:.2f}",
+                f"{r['flicker2']:.2f}",
+                f"{r['cov90']:.3f}",
+                f"{r['raw flicker']:.2f}",
+            ]
+            for r in rows
+        ],
     )
-    print("| --- | --- | --- | --- | --- | --- | --- |")
-    for r in rows:
-        print(
-            f"| {r['stack']} | {r['noise']} | {r['psnr']:.2f} | {r['flicker']:.2f} | {r['flicker2']:.2f} | "
-            f"{r['cov90']:.3f} | {r['raw flicker']:.2f} |"
-        )
-    print(f"command: python benchmarks/coherence.py {' '.join(argv or sys.argv[1:])}")
-    print(f"CPU: {cpu_name()}")
-    (args.work / "coherence.json").write_text(json.dumps(rows, indent=1))
+    finish("coherence.py", argv, table, args.work / "coherence.json", rows)
 
 
 if __name__ == "__main__":

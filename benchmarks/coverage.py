@@ -27,7 +27,6 @@ std is a calibrated Gaussian sigma).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -44,6 +43,8 @@ from bigrestore.model.files import read_model
 from bigrestore.run.calibrate import restored_planes
 from bigrestore.run.cluster import ClusterSpec
 from bigrestore.run.settings import RunSettings, bundled_model_path
+
+from report import command_line, finish, markdown_table
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "w2s"
 #: Indices into the 20 W2S validation fields (0 = field 061): the even-numbered fields
@@ -133,34 +134,39 @@ def main(argv: list[str] | None = None) -> None:
         "std": one_sigma(images, [std for _, std, _ in images]),
         "calibrated_std": one_sigma(images, [calibration.calibrated_std(s) for _, s, _ in images]),
     }
-    command = " ".join(["python", "benchmarks/coverage.py", *(argv or sys.argv[1:])])
-    cpu = cpu_name()
     print(f"{len(images)} planes of {args.crop}² (W2S validation fields 061-079, odd)")
     print(f"calibration: {calibration.data}, {calibration.regions} regions, key {key}")
-    print(
-        "| level | std x z: coverage (p10 of planes) | width | calibrated: coverage (p10) | width |"
+    table = markdown_table(
+        [
+            "level",
+            "std x z: coverage (p10 of planes)",
+            "width",
+            "calibrated: coverage (p10)",
+            "width",
+        ],
+        [
+            [
+                level_key(r["level"]),
+                f"{r['std_z'][0]:.3f} ({r['std_z'][1]:.3f})",
+                f"{r['std_z'][2]:.1f}",
+                f"{r['calibrated'][0]:.3f} ({r['calibrated'][1]:.3f})",
+                f"{r['calibrated'][2]:.1f}",
+            ]
+            for r in rows
+        ],
     )
-    print("| --- | --- | --- | --- | --- |")
-    for r in rows:
-        (c0, p0, w0), (c1, p1, w1) = r["std_z"], r["calibrated"]
-        print(
-            f"| {level_key(r['level'])} | {c0:.3f} ({p0:.3f}) | {w0:.1f} | "
-            f"{c1:.3f} ({p1:.3f}) | {w1:.1f} |"
-        )
-    print(
-        f"coverage of mean ± 1 std (0.683 if a Gaussian sigma): std {one['std']:.3f}, "
+    table += (
+        f"\ncoverage of mean ± 1 std (0.683 if a Gaussian sigma): std {one['std']:.3f}, "
         f"calibrated std {one['calibrated_std']:.3f}"
     )
-    print(f"command: {command}; CPU: {cpu}")
-    if args.out:
-        report = {
-            "command": command,
-            "cpu": cpu,
-            "planes": len(images),
-            "rows": rows,
-            "one_sigma": one,
-        }
-        args.out.write_text(json.dumps(report, indent=2))
+    report = {
+        "command": command_line("coverage.py", argv),
+        "cpu": cpu_name(),
+        "planes": len(images),
+        "rows": rows,
+        "one_sigma": one,
+    }
+    finish("coverage.py", argv, table, args.out, report)
 
 
 if __name__ == "__main__":

@@ -49,6 +49,8 @@ from bigrestore.run.plan import plan_cost, plan_tasks
 from bigrestore.run.settings import run_settings
 from bigrestore.run.tiling import TileGrid
 
+from report import command_line, finish, markdown_table
+
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "w2s"
 
 # (label, model key, sampler settings, samples N)
@@ -192,7 +194,7 @@ def main(argv: list[str] | None = None) -> None:
         rows.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
     report = {
-        "command": " ".join(["python", "benchmarks/few_evaluations.py", *(argv or sys.argv[1:])]),
+        "command": command_line("few_evaluations.py", argv),
         "cpu": cpu_name(),
         "torch_threads": torch.get_num_threads(),
         "crops": args.crops,
@@ -200,21 +202,36 @@ def main(argv: list[str] | None = None) -> None:
         "engine_tile_pixels_per_output_pixel": engine_cost(),
         "rows": rows,
     }
-    print(
-        "| method | evaluations / tile | PSNR mean | MS-SSIM | PSNR 1 sample | mean z² | cov 90% | s |"
+    table = markdown_table(
+        [
+            "method",
+            "evaluations / tile",
+            "PSNR mean",
+            "MS-SSIM",
+            "PSNR 1 sample",
+            "mean z²",
+            "cov 90%",
+            "s",
+        ],
+        [
+            [
+                r["method"],
+                r["evaluations_per_tile"],
+                f"{r['psnr']:.2f}",
+                f"{r['ms_ssim']:.4f}",
+                f"{r['single']:.2f}",
+                f"{r['z2']:.2f}",
+                f"{r['cov90']:.3f}",
+                r["seconds"],
+            ]
+            for r in rows
+        ],
     )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    for r in rows:
-        print(
-            f"| {r['method']} | {r['evaluations_per_tile']} | {r['psnr']:.2f} | {r['ms_ssim']:.4f} | "
-            f"{r['single']:.2f} | {r['z2']:.2f} | {r['cov90']:.3f} | {r['seconds']} |"
-        )
-    print(f"\nengine: tile pixels per output pixel {report['engine_tile_pixels_per_output_pixel']}")
-    print(
-        f"command: {report['command']}; CPU: {report['cpu']}, {report['torch_threads']} torch threads"
+    table += (
+        f"\n\nengine: tile pixels per output pixel {report['engine_tile_pixels_per_output_pixel']}"
     )
-    if args.out:
-        args.out.write_text(json.dumps(report, indent=2))
+    threads = f"{report['torch_threads']} torch threads"
+    finish("few_evaluations.py", argv, table, args.out, report, machine=threads)
 
 
 if __name__ == "__main__":

@@ -43,6 +43,8 @@ from bigrestore.train import train
 from bigrestore.train.config import TrainConfig
 from bigrestore.train.init import adopt_model
 
+from report import command_line, finish, markdown_table
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "w2s"
 
@@ -130,18 +132,17 @@ def main(argv: list[str] | None = None) -> None:
                 {"method": label, "psnr": score(out, cond, target), "minutes": round(minutes, 1)}
             )
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-    command = " ".join(["python", "benchmarks/finetune_w2s.py", *(argv or sys.argv[1:])])
     cpu = cpu_name()
     print(f"5 pairs: W2S train fields 001-005, channel {args.channel}; {args.steps} steps each")
     print(f"scored on {len(target)} W2S val crops of 128² (channel {args.channel}), run defaults")
     print(f"starting model: {bundled} ({start.objective.name}, {start.weights_sha256[:12]})")
-    print("| model | PSNR (fitted, median) | training minutes |")
-    print("| --- | --- | --- |")
-    for r in rows:
-        print(f"| {r['method']} | {r['psnr']:.2f} | {r.get('minutes', '-')} |")
-    print(f"command: {command}; CPU: {cpu}, {torch.get_num_threads()} torch threads")
-    if args.out:
-        args.out.write_text(json.dumps({"command": command, "cpu": cpu, "rows": rows}, indent=2))
+    table = markdown_table(
+        ["model", "PSNR (fitted, median)", "training minutes"],
+        [[r["method"], f"{r['psnr']:.2f}", r.get("minutes", "-")] for r in rows],
+    )
+    payload = {"command": command_line("finetune_w2s.py", argv), "cpu": cpu, "rows": rows}
+    threads = f"{torch.get_num_threads()} torch threads"
+    finish("finetune_w2s.py", argv, table, args.out, payload, machine=threads)
 
 
 if __name__ == "__main__":

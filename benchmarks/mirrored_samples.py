@@ -21,10 +21,8 @@ import sys
 import time
 from pathlib import Path
 
-from bigrestore.devices import cpu_name
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quality_heldout import held_out_sets, restore_stack, scores, unit  # noqa: E402
+from quality_heldout import held_out_sets, restore_stack, scores, unit
+from report import finish, markdown_table
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -53,19 +51,30 @@ def main(argv: list[str] | None = None) -> None:
         row["gained"] = sum(g > 0 for g in gains)
         rows.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
-    print(
-        "| held-out set | images | no flips (dB) | flips (dB) | median gain per image | images gained | seconds: no flips / flips |"
+    table = markdown_table(
+        [
+            "held-out set",
+            "images",
+            "no flips (dB)",
+            "flips (dB)",
+            "median gain per image",
+            "images gained",
+            "seconds: no flips / flips",
+        ],
+        [
+            [
+                r["set"],
+                r["images"],
+                f"{statistics.median(r['plain_psnr']):.2f}",
+                f"{statistics.median(r['flips_psnr']):.2f}",
+                f"{r['median_gain']:+.2f}",
+                f"{r['gained']} of {r['images']}",
+                f"{r['plain_seconds']:.0f} / {r['flips_seconds']:.0f}",
+            ]
+            for r in rows
+        ],
     )
-    print("| --- | --- | --- | --- | --- | --- | --- |")
-    for r in rows:
-        print(
-            f"| {r['set']} | {r['images']} | {statistics.median(r['plain_psnr']):.2f} | "
-            f"{statistics.median(r['flips_psnr']):.2f} | {r['median_gain']:+.2f} | "
-            f"{r['gained']} of {r['images']} | {r['plain_seconds']:.0f} / {r['flips_seconds']:.0f} |"
-        )
-    print(f"command: python benchmarks/mirrored_samples.py {' '.join(argv or sys.argv[1:])}")
-    print(f"CPU: {cpu_name()}")
-    (args.work / "mirrored_samples.json").write_text(json.dumps(rows, indent=1))
+    finish("mirrored_samples.py", argv, table, args.work / "mirrored_samples.json", rows)
 
 
 if __name__ == "__main__":

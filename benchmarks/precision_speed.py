@@ -24,6 +24,8 @@ from bigrestore.devices import cpu_name, native_bf16
 from bigrestore.model.files import load_model
 from bigrestore.run.settings import bundled_model_path
 
+from report import command_line, finish, markdown_table
+
 VARIANTS = [("fp32", "nchw"), ("fp32", "nhwc"), ("bf16", "nchw"), ("bf16", "nhwc")]
 
 
@@ -44,13 +46,13 @@ def call(
         optimizer.step()
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=bundled_model_path())
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--out", type=Path)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     net, _ = load_model(args.model)
     gen = torch.Generator().manual_seed(0)
 
@@ -104,22 +106,28 @@ def main() -> None:
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     report = {
-        "command": "python benchmarks/precision_speed.py",
+        "command": command_line("precision_speed.py", argv),
         "model": str(args.model),
         "cpu": cpu_name(),
         "native_bf16": native_bf16(torch.device("cpu")),
         "torch": torch.__version__,
         "rows": rows,
     }
-    if args.out:
-        args.out.write_text(json.dumps(report, indent=1) + "\n")
-    print("| threads | mode | precision | layout | value | speed-up vs fp32 NCHW |")
-    print("| --- | --- | --- | --- | --- | --- |")
-    for r in rows:
-        print(
-            f"| {r['threads']} | {r['mode']} | {r['precision']} | {r['layout']} | {r['value']} | "
-            f"{r['speedup_vs_fp32_nchw']:.2f}x |"
-        )
+    table = markdown_table(
+        ["threads", "mode", "precision", "layout", "value", "speed-up vs fp32 NCHW"],
+        [
+            [
+                r["threads"],
+                r["mode"],
+                r["precision"],
+                r["layout"],
+                r["value"],
+                f"{r['speedup_vs_fp32_nchw']:.2f}x",
+            ]
+            for r in rows
+        ],
+    )
+    finish("precision_speed.py", argv, table, args.out, report)
 
 
 if __name__ == "__main__":

@@ -11,9 +11,9 @@ Held-out sets (no source image of them is in the bundled model's training data):
 Every method is scored the same way: median PSNR and MS-SSIM after a least-squares intensity
 fit (a·x + b) of the method's image to the ground truth, with the ground truth mapped by its
 1st / 99.8th percentiles to [0, 1] (data range 1). The Gaussian is the strongest classic
-baseline: for every image the sigma (0.5-4 px) that maximises the fitted PSNR against that
-image's own ground truth — it uses the answer, so it is an upper bound of a Gaussian filter.
-DDPM-avg is the real `bigrestore run` path (tiles, blending, the run's settings).
+baseline: for every image the sigma (0.5-16 px, bigrestore.evaluate.baselines.SIGMA_GRID) that
+maximises the fitted PSNR against that image's own ground truth — it uses the answer, so it is
+an upper bound of a Gaussian filter. DDPM-avg is the real `bigrestore run` path (tiles, blending, the run's settings).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import numpy as np
 import tifffile
 from scipy.ndimage import gaussian_filter
 
-from bigrestore.devices import cpu_name
+from bigrestore.evaluate.baselines import SIGMA_GRID
 from bigrestore.evaluate.metrics import fit_linear, ms_ssim, psnr
 from bigrestore.io.images import open_image
 from bigrestore.io.meta import default_meta
@@ -38,8 +38,9 @@ from bigrestore.run.cluster import ClusterSpec
 from bigrestore.run.restore import restore
 from bigrestore.run.settings import run_settings
 
+from report import finish, markdown_table
+
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-SIGMAS = np.arange(0.5, 4.01, 0.25)
 CROP = 256
 
 
@@ -55,7 +56,7 @@ def scores(pred: np.ndarray, gt01: np.ndarray) -> tuple[float, float]:
 
 
 def best_gaussian(raw: np.ndarray, gt01: np.ndarray) -> tuple[float, float, float]:
-    results = [(scores(gaussian_filter(raw.astype(np.float64), s), gt01), s) for s in SIGMAS]
+    results = [(scores(gaussian_filter(raw.astype(np.float64), s), gt01), s) for s in SIGMA_GRID]
     (p, m), sigma = max(results, key=lambda r: r[0][0])
     return p, m, float(sigma)
 
@@ -142,6 +143,7 @@ def score_set(
             for k in ("raw", "gaussian", "ddpm")
         },
         "sigma_median": statistics.median(per["sigma"]),
+        "per_image_psnr": {k: [round(v[0], 3) for v in per[k]] for k in ("gaussian", "ddpm")},
     }
 
 
@@ -161,18 +163,30 @@ def main(argv: list[str] | None = None) -> None:
     for name, (low, high) in held_out_sets(args.set_dir, args.w2s_fields).items():
         rows.append(score_set(args.work, name, low, high, args.model, args))
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-    print(
-        "| held-out set | images | raw | best Gaussian (per image) | bigrestore DDPM-avg | margin | MS-SSIM G / D |"
+    table = markdown_table(
+        [
+            "held-out set",
+            "images",
+            "raw",
+            "best Gaussian (per image)",
+            "bigrestore DDPM-avg",
+            "margin",
+            "MS-SSIM G / D",
+        ],
+        [
+            [
+                r["set"],
+                r["images"],
+                f"{r['raw_psnr']:.2f}",
+                f"{r['gaussian_psnr']:.2f}",
+                f"{r['ddpm_psnr']:.2f}",
+                f"{r['ddpm_psnr'] - r['gaussian_psnr']:+.2f}",
+                f"{r['gaussian_msssim']:.3f} / {r['ddpm_msssim']:.3f}",
+            ]
+            for r in rows
+        ],
     )
-    print("| --- | --- | --- | --- | --- | --- | --- |")
-    for r in rows:
-        print(
-            f"| {r['set']} | {r['images']} | {r['raw_psnr']:.2f} | {r['gaussian_psnr']:.2f} | {r['ddpm_psnr']:.2f} | "
-            f"{r['ddpm_psnr'] - r['gaussian_psnr']:+.2f} | {r['gaussian_msssim']:.3f} / {r['ddpm_msssim']:.3f} |"
-        )
-    print(f"command: python benchmarks/quality_heldout.py {' '.join(argv or sys.argv[1:])}")
-    print(f"CPU: {cpu_name()}")
-    (args.work / "quality_heldout.json").write_text(json.dumps(rows, indent=1))
+    finish("quality_heldout.py", argv, table, args.work / "quality_heldout.json", rows)
 
 
 if __name__ == "__main__":

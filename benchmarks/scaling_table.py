@@ -37,8 +37,8 @@ import yaml
 from bigrestore.devices import cpu_name
 from bigrestore.model.files import parameter_count, read_model
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quality_heldout import held_out_sets, score_set  # noqa: E402
+from quality_heldout import held_out_sets, score_set
+from report import finish, markdown_table
 
 HERE = Path(__file__).resolve().parents[1]
 PAIRS = (("w2s_train", 0.35), ("w2s_synth", 0.15), ("cells3d_train", 0.2), ("dsb_train", 0.1))
@@ -120,22 +120,34 @@ def main(argv: list[str] | None = None) -> None:
             )
         rows[-1]["w2s_heldout"] = held_out_w2s(args.work, out, args.w2s_fields)
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-    print(
-        "| base channels | parameters | steps | minutes (1 core) | validation MAE | W2S held-out DDPM-avg / best Gaussian (dB) |"
+
+    def w2s_score(row: dict) -> str:
+        held = row.get("w2s_heldout")
+        return f"{held['ddpm_psnr']:.2f} / {held['gaussian_psnr']:.2f}" if held else "—"
+
+    table = markdown_table(
+        [
+            "base channels",
+            "parameters",
+            "steps",
+            "minutes (1 core)",
+            "validation MAE",
+            "W2S held-out DDPM-avg / best Gaussian (dB)",
+        ],
+        [
+            [
+                r["width"],
+                f"{r['parameters'] / 1e6:.2f} M",
+                r["steps"],
+                r["minutes"],
+                f"{r['val_mae']:.4f}",
+                w2s_score(r),
+            ]
+            for r in rows
+        ],
     )
-    print("| --- | --- | --- | --- | --- | --- |")
-    for r in rows:
-        held = r.get("w2s_heldout")
-        score = f"{held['ddpm_psnr']:.2f} / {held['gaussian_psnr']:.2f}" if held else "—"
-        print(
-            f"| {r['width']} | {r['parameters'] / 1e6:.2f} M | {r['steps']} | {r['minutes']} | "
-            f"{r['val_mae']:.4f} | {score} |"
-        )
-    print(f"command: python benchmarks/scaling_table.py {' '.join(argv or sys.argv[1:])}")
-    print(f"CPU: {cpu_name()}")
-    (args.work / "scaling_table.json").write_text(
-        json.dumps({"cpu": cpu_name(), "rows": rows}, indent=1)
-    )
+    payload = {"cpu": cpu_name(), "rows": rows}
+    finish("scaling_table.py", argv, table, args.work / "scaling_table.json", payload)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,8 @@ from bigrestore.run.cluster import ClusterSpec
 from bigrestore.run.restore import restore
 from bigrestore.run.settings import bundled_model_path, run_settings
 
+from report import command_line, finish, markdown_table
+
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "clean"
 FIELD = 256
 
@@ -103,15 +105,14 @@ def main(argv: list[str] | None = None) -> None:
         "foreground-only pixels bit-identical (mean, std)": identical,
         "foreground-only pixels": int(foreground.sum()),
     }
-    command = " ".join(["python", "benchmarks/sparse_mosaic.py", *(argv or sys.argv[1:])])
-    cpu = cpu_name()
-    print("| quantity | value |\n| --- | --- |")
-    for key, value in rows.items():
-        print(f"| {key} | {value} |")
-    print(f"command: {command}; CPU: {cpu}")
-    if args.out:
-        report = {"command": command, "cpu": cpu, "rows": rows, "background": auto["background"]}
-        args.out.write_text(json.dumps(report, indent=2, default=str))
+    report = {
+        "command": command_line("sparse_mosaic.py", argv),
+        "cpu": cpu_name(),
+        "rows": rows,
+        "background": auto["background"],
+    }
+    table = markdown_table(["quantity", "value"], list(rows.items()))
+    finish("sparse_mosaic.py", argv, table, args.out, report)
 
 
 if __name__ == "__main__":

@@ -24,11 +24,10 @@ import numpy as np
 import tifffile
 from scipy.ndimage import gaussian_filter
 
-from bigrestore.devices import cpu_name
 from bigrestore.evaluate.metrics import fit_linear, psnr
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quality_heldout import DATA, best_gaussian, centre, restore_stack, unit  # noqa: E402
+from quality_heldout import DATA, best_gaussian, centre, restore_stack, unit
+from report import finish, markdown_table
 
 COARSE_SIGMA = 2.0
 
@@ -77,19 +76,25 @@ def main(argv: list[str] | None = None) -> None:
             }
         )
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-    print("| model | PSNR per crop (dB) | mean | fine / coarse residual std |")
-    print("| --- | --- | --- | --- |")
-    for r in rows:
-        parts = (
-            f"{np.mean(r['fine_std']):.4f} / {np.mean(r['coarse_std']):.4f}"
-            if "fine_std" in r
-            else "—"
-        )
-        crops = " / ".join(f"{p:.2f}" for p in r["crops"])
-        print(f"| {r['model']} | {crops} | {np.mean(r['crops']):.2f} | {parts} |")
-    print(f"command: python benchmarks/target_frame.py {' '.join(argv or sys.argv[1:])}")
-    print(f"CPU: {cpu_name()}")
-    (args.work / "target_frame.json").write_text(json.dumps(rows, indent=1))
+
+    def residual_stds(row: dict) -> str:
+        if "fine_std" not in row:
+            return "—"
+        return f"{np.mean(row['fine_std']):.4f} / {np.mean(row['coarse_std']):.4f}"
+
+    table = markdown_table(
+        ["model", "PSNR per crop (dB)", "mean", "fine / coarse residual std"],
+        [
+            [
+                r["model"],
+                " / ".join(f"{p:.2f}" for p in r["crops"]),
+                f"{np.mean(r['crops']):.2f}",
+                residual_stds(r),
+            ]
+            for r in rows
+        ],
+    )
+    finish("target_frame.py", argv, table, args.work / "target_frame.json", rows)
 
 
 if __name__ == "__main__":

@@ -15,23 +15,22 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import zarr
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quality_w2s import centre_crops, save  # noqa: E402
-
-from bigrestore.evaluate.metrics import normalize_percentile, psnr  # noqa: E402
-from bigrestore.run.cluster import ClusterSpec  # noqa: E402
-from bigrestore.run.restore import restore  # noqa: E402
-from bigrestore.run.settings import (  # noqa: E402
-    bundled_model_path,  # noqa: E402
+from bigrestore.evaluate.metrics import normalize_percentile, psnr
+from bigrestore.run.cluster import ClusterSpec
+from bigrestore.run.restore import restore
+from bigrestore.run.settings import (
+    bundled_model_path,
     run_settings,
 )
+
+from quality_w2s import centre_crops, save
+from report import finish, markdown_table
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "w2s"
 
@@ -45,7 +44,7 @@ def median_psnr(mean: np.ndarray, high: np.ndarray) -> float:
     return float(np.median(scores))
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=bundled_model_path())
     parser.add_argument("--fields", type=int, default=2)
@@ -58,7 +57,7 @@ def main() -> None:
     )
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--out", type=Path)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     low = centre_crops(DATA / "val_low.tif")[: args.fields]
     high = centre_crops(DATA / "val_high.tif")[: args.fields]
     rows = []
@@ -93,14 +92,14 @@ def main() -> None:
         "workers": args.workers,
         "rows": rows,
     }
-    if args.out:
-        args.out.write_text(json.dumps(report, indent=1) + "\n")
-    print("| tile | overlap | tiles computed | median PSNR (dB) | seconds |")
-    print("| --- | --- | --- | --- | --- |")
-    for r in rows:
-        print(
-            f"| {r['tile']} | {r['overlap']} | {r['tiles']} | {r['psnr']:.2f} | {r['seconds']:.0f} |"
-        )
+    table = markdown_table(
+        ["tile", "overlap", "tiles computed", "median PSNR (dB)", "seconds"],
+        [
+            [r["tile"], r["overlap"], r["tiles"], f"{r['psnr']:.2f}", f"{r['seconds']:.0f}"]
+            for r in rows
+        ],
+    )
+    finish("tile_w2s.py", argv, table, args.out, report)
 
 
 if __name__ == "__main__":
