@@ -1,7 +1,7 @@
 """Honest quality on held-out data: raw, the strongest Gaussian filter, and a model's DDPM-avg.
 
     python benchmarks/quality_heldout.py WORK --model MODEL [--set SETDIR] [--samples 8] [--steps 8]
-        [--w2s-fields 20]   (--w2s-fields 0: only the synthetic sets)
+        [--w2s-fields 20]   (--w2s-fields 0: only the synthetic sets) [--tile T --overlap O]
 
 Held-out sets (no source image of them is in the bundled model's training data):
   * W2S validation fields 061-080 (real pairs), 256² centre crops, 3 channels each;
@@ -120,7 +120,9 @@ def score_set(
 ) -> dict:
     """One table row: medians of raw, best-Gaussian and DDPM-avg PSNR / MS-SSIM over a set."""
     started = time.perf_counter()
-    restored = restore_stack(work, name.split()[0].replace("/", "_"), low, model, args)
+    tiling = {k: getattr(args, k, None) for k in ("tile", "overlap")}  # None: the model's own
+    changes = {k: v for k, v in tiling.items() if v is not None}
+    restored = restore_stack(work, name.split()[0].replace("/", "_"), low, model, args, **changes)
     seconds = time.perf_counter() - started
     per = {"raw": [], "gaussian": [], "ddpm": [], "sigma": []}
     for lo, hi, re in zip(low, high, restored, strict=True):
@@ -157,6 +159,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--w2s-fields", type=int, default=20, help="W2S validation fields used (0: none)"
     )
+    parser.add_argument("--tile", type=int, default=None, help="default: the model's tile")
+    parser.add_argument("--overlap", type=int, default=None, help="default: the model's overlap")
     args = parser.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
     rows = []
