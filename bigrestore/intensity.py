@@ -69,3 +69,18 @@ def from_model(values: np.ndarray, stats: Stats) -> np.ndarray:
 def std_from_model(std: np.ndarray, stats: Stats) -> np.ndarray:
     """A standard deviation in model space → intensity units (``a·s``; no offset)."""
     return (np.asarray(std, dtype=np.float64) * ((stats.high - stats.low) / 2.0)).astype(np.float32)
+
+
+def fit_line(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Least-squares ``(a, b)`` minimising sum (a·x + b - y)² over all pixels (any shape, the
+    same number of values); a constant ``x`` gives a = 0, b = mean(y).
+
+    The one intensity fit of the package: evaluation (method onto ground truth), calibration
+    (mean onto truth), training targets (high onto low), the noise check of the degradation
+    model, and the run's output scale (input on restored mean)."""
+    xs = np.asarray(x, dtype=np.float64).ravel()
+    ys = np.asarray(y, dtype=np.float64).ravel()
+    dx = xs - xs.mean()
+    var = float(np.dot(dx, dx))
+    a = 0.0 if var == 0.0 else float(np.dot(dx, ys - ys.mean())) / var
+    return a, float(ys.mean()) - a * float(xs.mean())

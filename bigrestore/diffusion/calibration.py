@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from bigrestore.intensity import fit_line
+
 LEVELS = (0.8, 0.9, 0.95)
 #: Coverage of mean ± 1 std under a Gaussian: what the calibrated std is scaled to.
 ONE_SIGMA = 0.6827
@@ -84,8 +86,7 @@ def normalised_errors(
     mean: np.ndarray, std: np.ndarray, truth: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """(|z|, std in fitted units) of one image (2D): the affine fit of mean to truth, then z."""
-    m, t = mean.astype(np.float64).ravel(), truth.astype(np.float64).ravel()
-    a, b = np.linalg.lstsq(np.stack([m, np.ones_like(m)], 1), t, rcond=None)[0]
+    a, b = fit_line(mean, truth)
     a = a if a > 0 else 1.0
     scale = np.maximum(std.astype(np.float64), STD_FLOOR)
     z = (truth - (a * mean + b)) / (a * scale)
@@ -159,8 +160,7 @@ def fit_calibration(
 def coverage(mean: np.ndarray, truth: np.ndarray, half_width: np.ndarray) -> tuple[float, float]:
     """(fraction of pixels whose truth lies in mean ± half_width after the affine fit of mean
     to truth, mean interval width in the truth's units)."""
-    m, t = mean.astype(np.float64).ravel(), truth.astype(np.float64).ravel()
-    a, b = np.linalg.lstsq(np.stack([m, np.ones_like(m)], 1), t, rcond=None)[0]
+    a, b = fit_line(mean, truth)
     a = a if a > 0 else 1.0
     inside = np.abs(truth - (a * mean + b)) <= a * half_width
     return float(inside.mean()), float(2 * a * half_width.mean())

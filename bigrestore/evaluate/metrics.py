@@ -21,6 +21,7 @@ from scipy import ndimage
 
 from bigrestore.errors import BadInputError, describe
 from bigrestore.evaluate.decorrelation import decorrelation_resolution
+from bigrestore.intensity import fit_line
 
 logger = logging.getLogger(__name__)
 
@@ -206,11 +207,7 @@ def fit_linear(pred: np.ndarray, gt: np.ndarray) -> tuple[float, float]:
 
     For a constant ``pred``, a = 0 and b = mean(gt).
     """
-    p, g = _pair(pred, gt, "fit_linear")
-    dp = p - p.mean()
-    var = float(np.sum(dp * dp))
-    a = 0.0 if var == 0 else float(np.sum(dp * (g - g.mean()))) / var
-    return a, float(g.mean()) - a * float(p.mean())
+    return fit_line(*_pair(pred, gt, "fit_linear"))
 
 
 def _patches(shape: tuple[int, int], patch: int | None) -> list[tuple[int, int, int, int]]:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from bigrestore.intensity import Stats
+from bigrestore.intensity import Stats, fit_line
 
 if TYPE_CHECKING:
     import torch
@@ -116,7 +116,7 @@ def fit_output_scale(
     }
     for channel, (raw, model) in sorted(pairs.items()):
         x, y = np.concatenate(model), np.concatenate(raw)
-        a, b = np.linalg.lstsq(np.stack([x, np.ones_like(x)], 1), y, rcond=None)[0]
+        a, b = fit_line(x, y)
         if np.isfinite(a) and a > 0:
             stats[channel] = Stats(float(b - a), float(b + a))
         record["channels"].append(

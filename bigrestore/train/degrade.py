@@ -24,6 +24,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
+from bigrestore.intensity import fit_line
+
 PHOTONS = (3.0, 100.0)
 BACKGROUND = (0.0, 4.0)  # photons per pixel
 READ_NOISE = (0.0, 2.0)  # photons (rms)
@@ -97,7 +99,7 @@ def poisson_gaussian_fit(
     image from its clean partner: fit low ≈ a·high + b, then the residual variance against
     the fitted level, var = gain · level + read variance, in bins of the level."""
     lo, hi = low.astype(np.float64).ravel(), high.astype(np.float64).ravel()
-    a, b = np.linalg.lstsq(np.stack([hi, np.ones_like(hi)], 1), lo, rcond=None)[0]
+    a, b = fit_line(hi, lo)
     level = a * hi + b
     residual = lo - level
     edges = np.quantile(level, np.linspace(0.02, 0.98, bins))

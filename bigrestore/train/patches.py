@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from bigrestore.errors import BadInputError, describe
-from bigrestore.intensity import Stats, percentile_stats, to_model
+from bigrestore.intensity import Stats, fit_line, percentile_stats, to_model
 from bigrestore.io.arrays import open_array
 from bigrestore.train.augment import augment_pair
 from bigrestore.train.config import AugmentSettings
@@ -170,10 +170,7 @@ def fit_to_low(low: np.ndarray, high: np.ndarray, where: str) -> tuple[float, fl
     spread = hi.var() if hi.size else 0.0
     if hi.size < 2 or spread <= 0.0:
         raise BadInputError(describe(where, "high plane", "varying intensities", "a flat plane"))
-    # Its own two lines rather than evaluate.metrics.fit_linear: train must not import evaluate
-    # (tests/test_architecture.py).
-    slope = float(np.mean((hi - hi.mean()) * (lo - lo.mean())) / spread)
-    offset = float(lo.mean() - slope * hi.mean())
+    slope, offset = fit_line(hi, lo)
     if not slope > 0.0:
         raise BadInputError(
             describe(
