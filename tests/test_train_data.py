@@ -462,3 +462,13 @@ def test_init_from_takes_the_models_target_frame_unless_the_config_sets_one(tmp_
     assert adopt_model(explicit, low_model)[0].frame == "own"
     assert adopt_model(unset, Path(bundled_model_path()))[0].frame == "low"  # the generalist
     assert load_config(CONFIGS / "cpu-generalist.yaml").frame == "low"
+
+
+def test_p128_leg_config_is_the_generalist_recipe_on_larger_patches():
+    """The 128²-patch leg changes patch size, batch and length only, so its model continues
+    the bundled recipe (objective, network, frame, augmentation) rather than starting another."""
+    base = load_config(CONFIGS / "cpu-generalist.yaml").model_dump()
+    p128 = load_config(CONFIGS / "cpu-generalist-p128.yaml").model_dump()
+    changed = {k for k in base if base[k] != p128[k]}
+    assert changed == {"patch", "batch", "epochs", "steps_per_epoch"}
+    assert p128["patch"] == 128 and p128["patch"] * p128["patch"] * p128["batch"] > 64 * 64 * 16
