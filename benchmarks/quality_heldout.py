@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
         "--w2s-fields", type=int, default=20, help="W2S validation fields used (0: none)"
     )
     parser.add_argument("--tile", type=int, default=None, help="default: the model's tile")
-    parser.add_argument("--overlap", type=int, default=None, help="default: the model's overlap")
+    parser.add_argument("--overlap", type=int, default=None, help="default: a quarter of the tile")
     args = parser.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
     rows = []

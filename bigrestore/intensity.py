@@ -72,15 +72,22 @@ def std_from_model(std: np.ndarray, stats: Stats) -> np.ndarray:
 
 
 def fit_line(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    """Least-squares ``(a, b)`` minimising sum (a·x + b - y)² over all pixels (any shape, the
-    same number of values); a constant ``x`` gives a = 0, b = mean(y).
+    """Least-squares ``(a, b)`` minimising sum (a·x + b - y)² over the pixels finite in both
+    (any shape, the same number of values). A constant ``x`` (or fewer than two such pixels)
+    has no slope: a = 0 and b = mean(y) (0 when no pixel is left).
 
     The one intensity fit of the package: evaluation (method onto ground truth), calibration
     (mean onto truth), training targets (high onto low), the noise check of the degradation
     model, and the run's output scale (input on restored mean)."""
     xs = np.asarray(x, dtype=np.float64).ravel()
     ys = np.asarray(y, dtype=np.float64).ravel()
+    finite = np.isfinite(xs) & np.isfinite(ys)
+    if not finite.all():
+        xs, ys = xs[finite], ys[finite]
+    if xs.size == 0:
+        return 0.0, 0.0
+    if xs.size < 2 or np.ptp(xs) == 0.0:  # exact test: a float mean need not equal its values
+        return 0.0, float(ys.mean())
     dx = xs - xs.mean()
-    var = float(np.dot(dx, dx))
-    a = 0.0 if var == 0.0 else float(np.dot(dx, ys - ys.mean())) / var
+    a = float(np.dot(dx, ys - ys.mean())) / float(np.dot(dx, dx))
     return a, float(ys.mean()) - a * float(xs.mean())

@@ -11,7 +11,7 @@ import pytest
 import torch
 from test_diffusion import GaussianV, S
 
-from bigrestore.diffusion.calibration import coverage, fit_calibration, matching
+from bigrestore.diffusion.calibration import coverage, fit_calibration, matching, rising_fit
 from bigrestore.diffusion.noise import TileKey
 from bigrestore.diffusion.objectives import V_DIFFUSION
 from bigrestore.diffusion.repeated import sample_repeated
@@ -87,3 +87,16 @@ def test_a_calibration_from_before_mirrored_samples_applies_only_without_them():
     entry = _stored_entry({"sampler": "ddim", "steps": 8})
     assert matching([entry], {"sampler": "ddim", "steps": 8, "flips": False}) is not None
     assert matching([entry], {"sampler": "ddim", "steps": 8, "flips": True}) is None
+
+
+def test_rising_fit_keeps_the_level_of_a_flat_mean():
+    """A flat restored mean has no least-squares slope; intervals are then judged with the
+    identity slope at the truth's level (not offset by the whole mean), and a reversed map
+    is never used."""
+    truth = np.random.default_rng(0).normal(5.0, 1.0, (32, 32))
+    flat = np.full_like(truth, 2.0)
+    a, b = rising_fit(flat, truth)
+    assert a == 1.0 and a * 2.0 + b == pytest.approx(truth.mean())
+    assert coverage(flat, truth, np.full_like(truth, 10.0))[0] == 1.0
+    assert rising_fit(-truth, truth)[0] == 1.0
+    assert rising_fit(3.0 * truth - 1.0, truth) == (pytest.approx(1 / 3), pytest.approx(1 / 3))

@@ -18,6 +18,7 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from bigrestore.errors import BadInputError
 from bigrestore.evaluate import metrics
+from bigrestore.intensity import fit_line
 
 IMAGES = [(0, 0), (7, 1), (13, 2), (19, 0)]  # (field, channel) of the validation stacks
 
@@ -158,6 +159,19 @@ def test_fit_linear(pairs):
         0.0,
         pytest.approx(gt[:4, :4].mean()),
     )
+
+
+def test_fit_line_edge_cases():
+    """A constant float image whose mean does not round to its value has no slope (a tiny
+    residual variance must not become a slope), and non-finite pixels are left out."""
+    flat = np.full(12345, 0.3)
+    y = np.arange(flat.size, dtype=np.float64)
+    assert fit_line(flat, y) == (0.0, pytest.approx(y.mean()))
+    x = np.linspace(0.0, 1.0, 50)
+    y = 2.0 * x + 1.0
+    y[7], x[20] = np.nan, np.inf
+    assert fit_line(x, y) == (pytest.approx(2.0), pytest.approx(1.0))
+    assert fit_line(np.array([np.nan]), np.array([1.0])) == (0.0, 0.0)
 
 
 def test_evaluate_pair_patches(pairs):

@@ -82,12 +82,21 @@ def level_key(level: float) -> str:
     return f"{level:g}"
 
 
+def rising_fit(mean: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
+    """The affine fit ``a·mean + b ≈ truth`` with a positive slope: where the least-squares
+    slope is not positive (a flat or unrelated mean), the identity slope with the offset
+    refitted, so intervals are judged at the right level rather than by a reversed map."""
+    a, b = fit_line(mean, truth)
+    if a > 0:
+        return a, b
+    return 1.0, float(np.nanmean(truth) - np.nanmean(mean))
+
+
 def normalised_errors(
     mean: np.ndarray, std: np.ndarray, truth: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """(|z|, std in fitted units) of one image (2D): the affine fit of mean to truth, then z."""
-    a, b = fit_line(mean, truth)
-    a = a if a > 0 else 1.0
+    a, b = rising_fit(mean, truth)
     scale = np.maximum(std.astype(np.float64), STD_FLOOR)
     z = (truth - (a * mean + b)) / (a * scale)
     return np.abs(z), scale
@@ -160,8 +169,7 @@ def fit_calibration(
 def coverage(mean: np.ndarray, truth: np.ndarray, half_width: np.ndarray) -> tuple[float, float]:
     """(fraction of pixels whose truth lies in mean ± half_width after the affine fit of mean
     to truth, mean interval width in the truth's units)."""
-    a, b = fit_line(mean, truth)
-    a = a if a > 0 else 1.0
+    a, b = rising_fit(mean, truth)
     inside = np.abs(truth - (a * mean + b)) <= a * half_width
     return float(inside.mean()), float(2 * a * half_width.mean())
 

@@ -167,8 +167,7 @@ def fit_to_low(low: np.ndarray, high: np.ndarray, where: str) -> tuple[float, fl
     hi = np.asarray(high, dtype=np.float64).ravel()
     finite = np.isfinite(lo) & np.isfinite(hi)
     lo, hi = lo[finite], hi[finite]
-    spread = hi.var() if hi.size else 0.0
-    if hi.size < 2 or spread <= 0.0:
+    if hi.size < 2 or np.ptp(hi) == 0.0:
         raise BadInputError(describe(where, "high plane", "varying intensities", "a flat plane"))
     slope, offset = fit_line(hi, lo)
     if not slope > 0.0:
