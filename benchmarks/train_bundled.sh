@@ -3,17 +3,20 @@
 # benchmarks/make_training_set.py SETDIR (W2S real pairs, W2S re-degraded, cells3d, DSB, CTC).
 # Usage: benchmarks/train_bundled.sh SETDIR OUT [extra bigrestore train options, e.g. --resume]
 #
-# The bundled generalist model (MODEL_CARD.md) came from four legs, each starting from the
+# The bundled generalist model (MODEL_CARD.md) came from five legs, each starting from the
 # previous leg's best epoch because a session's CPU time ends before 30,000 steps do:
 #   benchmarks/train_bundled.sh SET A --epochs 12                       # stopped after epoch 1
 #   benchmarks/train_bundled.sh SET B --init-from A --epochs 4 --seed 1  # stopped after epoch 1
 #   benchmarks/train_bundled.sh SET C --init-from B --epochs 3 --seed 2  # all 3 epochs
 #   benchmarks/train_bundled.sh SET D --init-from C --epochs 3 --seed 3  # all 3; best: epoch 2
+#   benchmarks/train_bundled.sh SET E --init-from D --config configs/cpu-generalist-p128.yaml \
+#       --seed 4                                                         # 128² patches; best: 4
 # Legs A and B ran before the config set target_frame low (they used the targets' own
-# percentiles); legs C and D trained in the low frame (docs/benchmarks.md sections 17, 19).
-# The bundled weights are leg D's epoch 2: 17,500 steps of 16 patches in all, 20 + 20 + 54 +
-# 62 = 156 wall-clock minutes on both cores (leg D shared them with benchmarks; alone, its
-# 5,000 steps take about 35 minutes at 2.5 steps/s).
+# percentiles); legs C-E trained in the low frame (docs/benchmarks.md sections 17, 19, 20).
+# The bundled weights are leg E's epoch 4: 17,500 steps of 16 patches of 64², then 5,000 steps
+# of 8 patches of 128²; 20 + 20 + 54 + 62 + 68 = 224 wall-clock minutes on both cores (leg D
+# shared them with benchmarks; alone, its 5,000 steps take about 35 minutes at 2.5 steps/s;
+# leg E ran at 1.4 steps/s).
 set -euo pipefail
 set_dir=${1:?usage: benchmarks/train_bundled.sh SETDIR OUT}
 out=${2:?usage: benchmarks/train_bundled.sh SETDIR OUT}
