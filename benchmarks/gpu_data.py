@@ -226,8 +226,13 @@ def training(work: Path) -> dict:
 
 
 def best_workers(runs: dict) -> int | None:
-    """The worker count of the fastest complete 1024² run (w1, w2, w4)."""
-    done = {int(n[1:]): r["compute_seconds"] for n, r in runs.items() if n in ("w1", "w2", "w4")}
+    """The worker count of the fastest 1024² run (w1, w2, w4) that completed and exited 0: a
+    run stopped by its step's limit has no compute time (or one from a run killed late)."""
+    done = {
+        int(name[1:]): record.get("compute_seconds", float("nan"))
+        for name, record in runs.items()
+        if name in ("w1", "w2", "w4") and str(record.get("exit")) == "0"
+    }
     done = {w: s for w, s in done.items() if s == s}
     return min(done, key=done.get) if done else None
 

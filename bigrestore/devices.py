@@ -6,12 +6,21 @@ without paying torch's import time."""
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import TYPE_CHECKING
 
 from bigrestore.errors import UsageError, describe
 
 if TYPE_CHECKING:
     import torch
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask; a batch job's allocation)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 def _worker_gpu() -> int:

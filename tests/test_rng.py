@@ -10,7 +10,7 @@ import pytest
 import torch
 from scipy import stats
 
-from bigrestore.diffusion.noise import NoiseStream, TileKey, batched_noise
+from bigrestore.diffusion.noise import NoiseStream, TileKey, batched_noise, noise_threads
 from bigrestore.errors import BadInputError
 
 KEY = TileKey(seed=7, t=2, c=1, z=3, tile_y=256, tile_x=-128)
@@ -41,6 +41,48 @@ def test_batched_noise_rows_equal_single_draws() -> None:
         assert torch.equal(batch[i], alone)
     with pytest.raises(BadInputError):
         batched_noise([], (2, 2), "cpu")
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_shared_streams_are_drawn_once_with_the_same_values(threads: int) -> None:
+    """An antithetic pair and padding copies share a stream: batched_noise draws it once (on
+    one or several threads) and every copy still gives what drawing alone would, draw after
+    draw, with each copy's generator left where its own draws would have left it."""
+    other = KEY._replace(tile_y=0)
+
+    def streams() -> list[NoiseStream]:
+        return [
+            NoiseStream(KEY, 0),
+            NoiseStream(KEY, 0, negate=True),
+            NoiseStream(other, 1),
+            NoiseStream(other, 1, negate=True),
+            NoiseStream(KEY, 0),  # a padding copy of the first item
+        ]
+
+    shared, alone = streams(), streams()
+    shape = (1, 64, 65)  # 4160 values: past the threading threshold
+    for _ in range(3):
+        batch = batched_noise(shared, shape, "cpu", threads=threads)
+        expected = np.stack([s.normal(shape) for s in alone])
+        assert np.array_equal(batch.numpy(), expected)
+        assert np.array_equal(batch[1].numpy(), -batch[0].numpy())
+    assert [s.position for s in shared] == [s.position for s in alone]
+    # A copy that is behind the others is its own stream again: it is drawn, not followed.
+    late = NoiseStream(KEY, 0)
+    batch = batched_noise([shared[0], late], (7,), "cpu", threads=threads)
+    assert np.array_equal(batch[1].numpy(), NoiseStream(KEY, 0).normal((7,)))
+    assert not np.array_equal(batch[0].numpy(), batch[1].numpy())
+
+
+def test_noise_threads_follow_the_workers_torch_threads_on_a_cpu() -> None:
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert noise_threads("cpu") == 2
+        torch.set_num_threads(1)
+        assert noise_threads(torch.device("cpu")) == 1
+    finally:
+        torch.set_num_threads(before)
 
 
 @pytest.mark.parametrize("field", ["seed", "t", "c", "z", "tile_y", "tile_x", "sample"])

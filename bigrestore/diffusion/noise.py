@@ -11,17 +11,27 @@ Generator's transforms may change between numpy versions (NEP 19), which would b
 ``--resume`` across upgrades. The transform runs in float64 and is rounded to float32, so a
 one-ulp difference between two machines' float64 ``log``/``cos`` changes a float32 value only
 when it lies within that ulp of a rounding boundary (probability ~1e-8 per value).
+
+Drawing is the part of the sampling loop a GPU does not speed up: on an H200 one 256² draw
+(2.8 ms, mostly float64 ``cos``/``sin``) cost six network evaluations of the bundled model
+(docs/benchmarks.md, GPU section). :func:`batched_noise` therefore draws a stream only once
+per call when several items share it (an antithetic pair's two members, a padding item), and
+draws distinct streams on :func:`noise_threads` threads (numpy releases the GIL). Neither
+changes a value: each stream still produces the same numbers in the same order.
 """
 
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
+from functools import cache
 from typing import NamedTuple
 
 import numpy as np
 import torch
 
 from bigrestore.checks import require_int
+from bigrestore.devices import usable_cores
 from bigrestore.errors import BadInputError, describe
 
 # Fixed words mixed into every key: a domain tag ("bigr") so these streams never coincide with
@@ -29,6 +39,8 @@ from bigrestore.errors import BadInputError, describe
 _DOMAIN = 0x62696772
 _FORMAT = 1
 _TWO_POW_M53 = 2.0**-53
+#: Values per draw below which a batch is drawn on the calling thread alone.
+_THREADED_FROM = 4096
 
 
 class TileKey(NamedTuple):
@@ -74,6 +86,13 @@ class NoiseStream:
         self.sign = -1.0 if negate else 1.0
         seq = np.random.SeedSequence([_DOMAIN, _FORMAT, *_key_words((*key, self.sample))])
         self._bits = np.random.Philox(seq)
+        self.words_drawn = 0
+
+    @property
+    def position(self) -> tuple[TileKey, int, int]:
+        """Which values the next draw returns (up to the sign): streams at the same position
+        draw the same numbers."""
+        return (self.key, self.sample, self.words_drawn)
 
     def __repr__(self) -> str:
         return (
@@ -82,9 +101,14 @@ class NoiseStream:
 
     def normal(self, shape: tuple[int, ...]) -> np.ndarray:
         """Next block of N(0, 1) values: float32 array of ``shape`` (Box-Muller on Philox words)."""
-        shape = tuple(int(d) for d in shape)
+        values = self._standard(tuple(int(d) for d in shape))
+        return -values if self.sign < 0 else values
+
+    def _standard(self, shape: tuple[int, ...]) -> np.ndarray:
+        """The next block before the sign: float32 array of ``shape``."""
         n = math.prod(shape)
         raw = self._bits.random_raw(n + (n & 1))
+        self.words_drawn += raw.shape[0]
         # 53-bit uniforms: u1 in (0, 1] (log is finite), u2 in [0, 1).
         u1 = ((raw[0::2] >> np.uint64(11)) + np.uint64(1)).astype(np.float64) * _TWO_POW_M53
         u2 = (raw[1::2] >> np.uint64(11)).astype(np.float64) * _TWO_POW_M53
@@ -93,18 +117,60 @@ class NoiseStream:
         out = np.empty(raw.shape[0], dtype=np.float64)
         out[0::2] = radius * np.cos(angle)
         out[1::2] = radius * np.sin(angle)
-        values = out[:n].astype(np.float32).reshape(shape)
-        return -values if self.sign < 0 else values
+        return out[:n].astype(np.float32).reshape(shape)
+
+    def follow(self, leader: NoiseStream) -> None:
+        """Move to where ``leader`` is after it drew the block this stream would have drawn
+        (both were at the same position): the same state as drawing it, without the work."""
+        self._bits.state = leader._bits.state
+        self.words_drawn = leader.words_drawn
+
+
+def noise_threads(device: torch.device | str) -> int:
+    """Threads that draw a batch's streams. On a CPU, the worker's torch threads: they idle
+    while noise is drawn. On a CUDA device, the usable cores shared among the GPUs this
+    process sees: a GPU worker runs torch on one thread, and its GPU waits for the noise."""
+    if torch.device(device).type == "cuda":
+        return max(1, usable_cores() // max(1, torch.cuda.device_count()))
+    return max(1, torch.get_num_threads())
+
+
+@cache
+def _pool(threads: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(threads, thread_name_prefix="bigrestore-noise")
 
 
 def batched_noise(
-    streams: list[NoiseStream], shape: tuple[int, ...], device: torch.device | str
+    streams: list[NoiseStream],
+    shape: tuple[int, ...],
+    device: torch.device | str,
+    threads: int | None = None,
 ) -> torch.Tensor:
     """One draw of ``shape`` from each stream: float32 tensor (len(streams), *shape) on device.
 
     Each row depends only on its own stream, so a tile's noise is the same alone or batched.
+    Streams at the same position (an antithetic pair, a padding copy) are drawn once; distinct
+    ones on ``threads`` threads (default :func:`noise_threads`), which changes no value.
     """
     if not streams:
         raise BadInputError(describe("batched_noise", "streams", "at least one stream", 0))
-    block = np.stack([s.normal(shape) for s in streams])
+    shape = tuple(int(d) for d in shape)
+    leaders: dict[tuple[TileKey, int, int], NoiseStream] = {}
+    for stream in streams:
+        leaders.setdefault(stream.position, stream)
+    before = [stream.position for stream in streams]
+    drawing = list(leaders.values())
+    threads = noise_threads(device) if threads is None else threads
+    threads = min(threads, len(drawing))
+    if threads > 1 and math.prod(shape) >= _THREADED_FROM:
+        values = list(_pool(threads).map(lambda s: s._standard(shape), drawing))
+    else:
+        values = [stream._standard(shape) for stream in drawing]
+    drawn = {id(leader): value for leader, value in zip(drawing, values, strict=True)}
+    block = np.empty((len(streams), *shape), dtype=np.float32)
+    for row, (stream, position) in enumerate(zip(streams, before, strict=True)):
+        leader = leaders[position]
+        if stream is not leader:
+            stream.follow(leader)
+        np.multiply(drawn[id(leader)], stream.sign, out=block[row])
     return torch.from_numpy(block).to(device)

@@ -204,7 +204,10 @@ def sample_repeated(
         pad = max_batch - len(chunk) if pad_batches else 0
         tiles = torch.tensor([tile for tile, _ in chunk] + [0] * pad, device=cond.device)
         streams = [sample_stream(keys[tile], i, settings.antithetic) for tile, i in chunk]
-        streams += [NoiseStream(keys[0], n_samples + k) for k in range(pad)]  # discarded
+        first_tile, first_sample = chunk[0]  # padding: copies of the first item, drawn once
+        streams += [
+            sample_stream(keys[first_tile], first_sample, settings.antithetic) for _ in range(pad)
+        ]
         orientations = [settings.orientation(i) for _, i in chunk] + [0] * pad
         y = sample(
             net,

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -20,17 +19,10 @@ from typing import Any
 import dask
 
 from bigrestore.checks import require_int
+from bigrestore.devices import usable_cores
 from bigrestore.errors import UsageError
 
 log = logging.getLogger(__name__)
-
-
-def usable_cores() -> int:
-    """CPU cores this process may run on (its affinity mask; a batch job's allocation)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 @dataclass(frozen=True)
