@@ -20,7 +20,7 @@
 #   env         GPU, driver, torch/CUDA, the auto network batch of the bundled model     15 s
 #   tests       python -m pytest -q tests/test_gpu.py                                     90 s
 #   data        gpu_data/w2s_val.npz -> TIFFs -> OME-Zarr (bigrestore convert)             25 s
-#   compare     crop 256² (one 256² tile), 2 samples, batch 18 (one call per step, no
+#   compare     crop 256² (one 256² tile), 2 samples, batch 2 (one call per step, no
 #               padding): --device cpu --precision fp32 vs --gpus 1 at fp32 and at the
 #               default precision (max |diff|, PSNR of the means)                  50+35+35 s
 #   workers     1024² mosaic, default settings: --gpus 1 (one worker) and --workers 2
@@ -209,9 +209,9 @@ crop=$WORK/crop_256.zarr
 if [ -e "$crop" ] && want compare; then
   if [ "$GPU" = 1 ]; then
     run_case cpu256 50 "$crop" --samples 2 --device cpu --precision fp32 --workers 1 \
-      --threads-per-worker "$(nproc)" --batch 18
-    run_case gpu256_fp32 35 "$crop" --samples 2 --gpus 1 --precision fp32 --batch 18
-    run_case gpu256 35 "$crop" --samples 2 --gpus 1 --batch 18
+      --threads-per-worker "$(nproc)" --batch 2
+    run_case gpu256_fp32 35 "$crop" --samples 2 --gpus 1 --precision fp32 --batch 2
+    run_case gpu256 35 "$crop" --samples 2 --gpus 1 --batch 2
     printf 'cpu256\tgpu256_fp32\ncpu256\tgpu256\ngpu256_fp32\tgpu256\n' >>"$WORK/compare.tsv"
   else # the comparison's code path, on two CPU runs
     run_case cpu256 60 "$crop" --samples 1 --steps 2 --device cpu --workers 1
