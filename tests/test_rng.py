@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 
@@ -72,6 +74,23 @@ def test_shared_streams_are_drawn_once_with_the_same_values(threads: int) -> Non
     batch = batched_noise([shared[0], late], (7,), "cpu", threads=threads)
     assert np.array_equal(batch[1].numpy(), NoiseStream(KEY, 0).normal((7,)))
     assert not np.array_equal(batch[0].numpy(), batch[1].numpy())
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_draws_on_threads_of_its_own() -> None:
+    """The thread pool is kept per process: a child forked after the parent drew on threads
+    (a DataLoader worker, say) must not queue work for threads that exist only in the parent."""
+    streams = [NoiseStream(KEY._replace(tile_x=i), 0) for i in range(4)]
+    expected = batched_noise(streams, (1, 64, 64), "cpu", threads=2)
+    pid = os.fork()
+    if pid == 0:  # the child: exit 0 if it draws the same values, killed by the alarm if stuck
+        signal.alarm(20)
+        again = [NoiseStream(KEY._replace(tile_x=i), 0) for i in range(4)]
+        os._exit(
+            0 if torch.equal(batched_noise(again, (1, 64, 64), "cpu", threads=2), expected) else 1
+        )
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
 
 
 def test_noise_threads_follow_the_workers_torch_threads_on_a_cpu() -> None:

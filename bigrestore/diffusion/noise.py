@@ -23,6 +23,7 @@ changes a value: each stream still produces the same numbers in the same order.
 from __future__ import annotations
 
 import math
+import os
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 from typing import NamedTuple
@@ -136,7 +137,9 @@ def noise_threads(device: torch.device | str) -> int:
 
 
 @cache
-def _pool(threads: int) -> ThreadPoolExecutor:
+def _pool(threads: int, pid: int) -> ThreadPoolExecutor:
+    """One pool per thread count, kept for the process (a worker draws many batches). Keyed by
+    the process id too: a forked child inherits the cache but not the pool's threads."""
     return ThreadPoolExecutor(threads, thread_name_prefix="bigrestore-noise")
 
 
@@ -161,9 +164,8 @@ def batched_noise(
     before = [stream.position for stream in streams]
     drawing = list(leaders.values())
     threads = noise_threads(device) if threads is None else threads
-    threads = min(threads, len(drawing))
-    if threads > 1 and math.prod(shape) >= _THREADED_FROM:
-        values = list(_pool(threads).map(lambda s: s._standard(shape), drawing))
+    if threads > 1 and len(drawing) > 1 and math.prod(shape) >= _THREADED_FROM:
+        values = list(_pool(threads, os.getpid()).map(lambda s: s._standard(shape), drawing))
     else:
         values = [stream._standard(shape) for stream in drawing]
     drawn = {id(leader): value for leader, value in zip(drawing, values, strict=True)}
