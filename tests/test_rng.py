@@ -43,6 +43,8 @@ def test_batched_noise_rows_equal_single_draws() -> None:
         assert torch.equal(batch[i], alone)
     with pytest.raises(BadInputError):
         batched_noise([], (2, 2), "cpu")
+    with pytest.raises(BadInputError, match="listed twice"):
+        batched_noise([streams[0], streams[1], streams[0]], (2, 2), "cpu")
 
 
 @pytest.mark.parametrize("threads", [1, 3])

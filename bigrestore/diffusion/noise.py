@@ -153,10 +153,15 @@ def batched_noise(
 
     Each row depends only on its own stream, so a tile's noise is the same alone or batched.
     Streams at the same position (an antithetic pair, a padding copy) are drawn once; distinct
-    ones on ``threads`` threads (default :func:`noise_threads`), which changes no value.
+    ones on ``threads`` threads (default :func:`noise_threads`), which changes no value. One
+    stream object listed twice is refused: it would have to draw two different blocks.
     """
     if not streams:
         raise BadInputError(describe("batched_noise", "streams", "at least one stream", 0))
+    if len({id(stream) for stream in streams}) != len(streams):
+        raise BadInputError(
+            describe("batched_noise", "streams", "distinct stream objects", "one listed twice")
+        )
     shape = tuple(int(d) for d in shape)
     leaders: dict[tuple[TileKey, int, int], NoiseStream] = {}
     for stream in streams:

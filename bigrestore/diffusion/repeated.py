@@ -204,7 +204,7 @@ def sample_repeated(
         pad = max_batch - len(chunk) if pad_batches else 0
         tiles = torch.tensor([tile for tile, _ in chunk] + [0] * pad, device=cond.device)
         streams = [sample_stream(keys[tile], i, settings.antithetic) for tile, i in chunk]
-        first_tile, first_sample = chunk[0]  # padding: copies of the first item, drawn once
+        first_tile, first_sample = chunk[0]  # padding shares the first item's noise (drawn once)
         streams += [
             sample_stream(keys[first_tile], first_sample, settings.antithetic) for _ in range(pad)
         ]
