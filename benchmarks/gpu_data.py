@@ -4,6 +4,7 @@ and the summary it brings back.
     python benchmarks/gpu_data.py pack                     # here: ../shared/data/w2s -> gpu_data/
     python benchmarks/gpu_data.py unpack --dest WORK       # there: gpu_data/ -> TIFFs in WORK
     python benchmarks/gpu_data.py summarize --work WORK --out OUT   # there: the check's summary
+    python benchmarks/gpu_data.py pack-train --fields 24   # here: sources of a training set -> gpu_train/
 
 ``pack`` keeps the W2S validation split small: every low-SNR field (20 fields x 3 channels of
 512² uint8) and the high-SNR targets of the first ``--train-fields`` fields, in one compressed
@@ -22,6 +23,11 @@ and the summary it brings back.
   fields (throughput of ``bigrestore train``; these are validation fields, which is fine for a
   speed measurement and says nothing about quality).
 
+``pack-train`` is for benchmarks/gpu_train.sh: the sources of the generalist training set
+(benchmarks/make_training_set.py) in the layout of ../shared/data, small enough to carry: the
+clean stacks whole (9.6 MiB) and the W2S training pairs of fields 1..``--fields`` only
+(zlib TIFFs, about 1.1 MiB a field; all 54 would not fit beside the wheels in 64 MiB).
+
 ``summarize`` reads what gpu_check.sh left in WORK (steps, run stores and their manifests,
 nvidia-smi samples, throughput.json, the training's CSVs) and writes OUT/summary.json and
 OUT/summary.md; gpu_check.sh calls it after every step, so a check cut short still brings back
@@ -39,6 +45,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 SOURCE = REPO.parent / "shared" / "data" / "w2s"
 PACKED = REPO / "gpu_data" / "w2s_val.npz"
+TRAIN_KIT = REPO / "gpu_train"
 FIELD = 512
 
 
@@ -75,6 +82,25 @@ def pack(source: Path, dest: Path, train_fields: int) -> dict:
         "low": low.shape,
         "high": high[:train_fields].shape,
     }
+
+
+def pack_train(data: Path, dest: Path, fields: int) -> dict:
+    """Copy the clean stacks and write W2S training fields 1..``fields`` into ``dest``."""
+    import shutil
+
+    import tifffile
+
+    (dest / "w2s").mkdir(parents=True, exist_ok=True)
+    (dest / "clean").mkdir(parents=True, exist_ok=True)
+    for name in ("cells3d_nuclei.tif", "dsb2018_nuclei_2d.tif", "ctc_timelapse_2d.tif"):
+        shutil.copyfile(data / "clean" / name, dest / "clean" / name)
+    for name in ("train_low", "train_high"):
+        stack = tifffile.imread(data / "w2s" / f"{name}.tif")[:fields]
+        tifffile.imwrite(
+            dest / "w2s" / f"{name}.tif", stack, compression="zlib", metadata={"axes": "TCYX"}
+        )
+    size = sum(f.stat().st_size for f in dest.rglob("*.tif"))
+    return {"packed": str(dest), "fields": fields, "mib": round(size / 2**20, 1)}
 
 
 def unpack(packed: Path, dest: Path, side: int) -> dict:
@@ -329,12 +355,18 @@ def main() -> None:
     u.add_argument("--packed", type=Path, default=PACKED)
     u.add_argument("--dest", type=Path, required=True)
     u.add_argument("--side", type=int, default=4096)
+    t = sub.add_parser("pack-train", help="training-set sources -> gpu_train/ (run here)")
+    t.add_argument("--data", type=Path, default=SOURCE.parent)
+    t.add_argument("--dest", type=Path, default=TRAIN_KIT)
+    t.add_argument("--fields", type=int, default=24)
     m = sub.add_parser("summarize", help="the GPU check's summary (gpu_check.sh calls it)")
     m.add_argument("--work", type=Path, required=True)
     m.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     if args.step == "pack":
         result = pack(args.source, args.dest, args.train_fields)
+    elif args.step == "pack-train":
+        result = pack_train(args.data, args.dest, args.fields)
     elif args.step == "unpack":
         result = unpack(args.packed, args.dest, args.side)
     else:

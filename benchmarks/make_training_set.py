@@ -2,6 +2,7 @@
 degradations (bigrestore.train.degrade) of the clean images in ../shared/data.
 
     python benchmarks/make_training_set.py OUTDIR
+    python benchmarks/make_training_set.py OUTDIR --data gpu_train --w2s-fields 24   # GPU kit
 
 Writes OME-Zarr pairs (``*_low.zarr`` condition, ``*_high.zarr`` target, TYX or TCYX stacks
 of independent planes) and ``OUTDIR/training_set.json``: every store, its split, the source
@@ -37,6 +38,7 @@ from bigrestore.train.degrade import degrade, poisson_gaussian_fit, random_degra
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 DRAWS = {"cells3d": 2, "dsb": 8, "ctc": 2}
+TRAIN_FIELDS = 54  # W2S fields 001-054 train; 055-060 calibrate
 
 
 def save_pair(out: Path, name: str, low: np.ndarray, high: np.ndarray, axes: str) -> dict[str, str]:
@@ -66,30 +68,36 @@ def synthetic(
     return np.stack(lows), np.stack(highs), params
 
 
-def w2s_sets(out: Path, rng: np.random.Generator) -> list[dict]:
-    low = tifffile.imread(DATA / "w2s" / "train_low.tif")
-    high = tifffile.imread(DATA / "w2s" / "train_high.tif")
+def w2s_sets(out: Path, rng: np.random.Generator, data: Path, fields: int) -> list[dict]:
+    """W2S pairs of fields 1..``fields`` (at most 54) for training, 55-60 for calibration
+    when the stacks hold them, and the training fields' high images degraded again."""
+    low = tifffile.imread(data / "w2s" / "train_low.tif")
+    high = tifffile.imread(data / "w2s" / "train_high.tif")
+    n = min(fields, TRAIN_FIELDS, low.shape[0])
     sets = [
         {
             "name": "w2s_train",
             "split": "train",
-            "source": "W2S fields 001-054 (real)",
-            **save_pair(out, "w2s_train", low[:54], high[:54], "tcyx"),
-        },
-        {
-            "name": "w2s_calib",
-            "split": "calibration",
-            "source": "W2S fields 055-060 (real)",
-            **save_pair(out, "w2s_calib", low[54:], high[54:], "tcyx"),
-        },
+            "source": f"W2S fields 001-{n:03d} (real)",
+            **save_pair(out, "w2s_train", low[:n], high[:n], "tcyx"),
+        }
     ]
-    planes = [high[f, c] for f in range(54) for c in range(3)]
+    if low.shape[0] > TRAIN_FIELDS:
+        sets.append(
+            {
+                "name": "w2s_calib",
+                "split": "calibration",
+                "source": f"W2S fields {TRAIN_FIELDS + 1:03d}-{low.shape[0]:03d} (real)",
+                **save_pair(out, "w2s_calib", low[TRAIN_FIELDS:], high[TRAIN_FIELDS:], "tcyx"),
+            }
+        )
+    planes = [high[f, c] for f in range(n) for c in range(3)]
     s_low, s_high, params = synthetic(planes, 1, ("uint8",), rng)
     sets.append(
         {
             "name": "w2s_synth",
             "split": "train",
-            "source": "W2S high fields 001-054, degraded",
+            "source": f"W2S high fields 001-{n:03d}, degraded",
             "params": params,
             **save_pair(out, "w2s_synth", s_low.astype(np.uint8), s_high, "tyx"),
         }
@@ -97,10 +105,10 @@ def w2s_sets(out: Path, rng: np.random.Generator) -> list[dict]:
     return sets
 
 
-def clean_sets(out: Path, rng: np.random.Generator) -> list[dict]:
-    cells = tifffile.imread(DATA / "clean" / "cells3d_nuclei.tif")
-    dsb = tifffile.imread(DATA / "clean" / "dsb2018_nuclei_2d.tif")
-    ctc = tifffile.imread(DATA / "clean" / "ctc_timelapse_2d.tif")
+def clean_sets(out: Path, rng: np.random.Generator, data: Path) -> list[dict]:
+    cells = tifffile.imread(data / "clean" / "cells3d_nuclei.tif")
+    dsb = tifffile.imread(data / "clean" / "dsb2018_nuclei_2d.tif")
+    ctc = tifffile.imread(data / "clean" / "ctc_timelapse_2d.tif")
     sources = {
         ("cells3d", "train"): [cells[z] for z in range(45)],
         ("cells3d", "test"): [cells[z] for z in range(50, 60)],
@@ -125,13 +133,13 @@ def clean_sets(out: Path, rng: np.random.Generator) -> list[dict]:
     return sets
 
 
-def noise_check(rng: np.random.Generator) -> dict[str, list[float]]:
+def noise_check(rng: np.random.Generator, data: Path, fields: int) -> dict[str, list[float]]:
     """Photons between the 1st and 99.8th percentile: real W2S low frames vs synthetic ones
     made from the same fields' high images (same estimator)."""
-    low = tifffile.imread(DATA / "w2s" / "train_low.tif")
-    high = tifffile.imread(DATA / "w2s" / "train_high.tif")
+    low = tifffile.imread(data / "w2s" / "train_low.tif")
+    high = tifffile.imread(data / "w2s" / "train_high.tif")
     real, synth = [], []
-    for f in range(0, 54, 3):
+    for f in range(0, min(fields, TRAIN_FIELDS, low.shape[0]), 3):
         for c in range(3):
             real.append(poisson_gaussian_fit(low[f, c], high[f, c])[2])
             made = degrade(high[f, c], random_degradation(rng, "uint8"), rng)
@@ -143,11 +151,22 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--data", type=Path, default=DATA, help="folder with w2s/ and clean/ (../shared/data)"
+    )
+    parser.add_argument(
+        "--w2s-fields",
+        type=int,
+        default=TRAIN_FIELDS,
+        help="W2S training fields to use, 1..N (at most 54; the GPU kit carries fewer)",
+    )
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(args.seed)
-    sets = w2s_sets(args.out, rng) + clean_sets(args.out, rng)
-    check = noise_check(np.random.default_rng(args.seed + 1))
+    sets = w2s_sets(args.out, rng, args.data, args.w2s_fields) + clean_sets(
+        args.out, rng, args.data
+    )
+    check = noise_check(np.random.default_rng(args.seed + 1), args.data, args.w2s_fields)
     summary = {
         k: [round(float(np.percentile(v, q)), 1) for q in (10, 50, 90)] for k, v in check.items()
     }
