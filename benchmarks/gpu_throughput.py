@@ -12,8 +12,10 @@ counted once with ``torch.utils.flop_counter.FlopCounterMode`` on a forward pass
 Per batch size three rates are measured, each over about ``--seconds`` after a warm-up:
 
 * ``network``: network calls alone (inference mode, the run's autocast: bf16 on a GPU);
-* ``sampling``: ``sample_repeated`` with DDIM (eta 1, ``--steps`` steps) on that many tiles,
-  one sample each: the run's sampling loop, its position-keyed noise included;
+* ``sampling``: ``sample_repeated`` with DDIM (eta 1, ``--steps`` steps) on batch/8 tiles of 8
+  samples each in antithetic pairs (one tile of ``batch`` samples below 8), as a run lays out
+  a network batch: the run's sampling loop, its position-keyed noise included (until
+  2026-11-30 one sample per tile, so no pair shared its noise);
 * ``noise``: the position-keyed noise alone (numpy Philox + Box-Muller on the CPU, one block
   per item and step), in ms per item and step: the part of the loop a faster GPU does not speed.
 
@@ -132,11 +134,14 @@ def measure_batch(setup: dict[str, Any], batch: int, args: argparse.Namespace) -
         row["network_tflops"] = flops * batch / per_call / 1e12
         keys = [TileKey(0, 0, 0, 0, 96 * i, 0) for i in range(batch)]
         sampler = SamplerSettings(sampler="ddim", steps=args.steps, eta=1.0)
+        # A run's layout: 8 samples per tile in antithetic pairs (fewer when the batch is).
+        tiles = max(1, batch // 8)
+        samples = batch // tiles
 
         def loop() -> Any:
             return sample_repeated(
-                net, inp[0], keys, 1, setup["schedule"], sampler, device=device,
-                max_batch=batch, autocast_dtype=autocast,
+                net, inp[0][:tiles], keys[:tiles], samples, setup["schedule"], sampler,
+                device=device, max_batch=batch, autocast_dtype=autocast,
             )  # fmt: skip
 
         per_loop, _ = timed(loop, device, args.seconds)
