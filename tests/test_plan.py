@@ -97,7 +97,7 @@ def test_figures_are_the_runs_and_the_time_is_calibrated(stack, model, tmp_path)
 
 
 def estimate_cores() -> int:
-    from bigrestore.run.cluster import usable_cores
+    from bigrestore.devices import usable_cores
 
     return usable_cores()
 

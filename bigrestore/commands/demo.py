@@ -135,7 +135,8 @@ def restore_sample(
     gpus: int,
 ) -> Path:
     from bigrestore.commands.run import ProgressBar, dashboard_line
-    from bigrestore.run.cluster import cluster_spec, usable_cores
+    from bigrestore.devices import usable_cores
+    from bigrestore.run.cluster import cluster_spec
     from bigrestore.run.restore import restore
     from bigrestore.run.settings import run_settings
 

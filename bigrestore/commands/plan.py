@@ -72,7 +72,8 @@ def command(input_path: Path, **opts: Any) -> None:
       bigrestore plan slide.zarr --gpus 4 --json
     """
     started = time.perf_counter()
-    from bigrestore.run.cluster import cluster_spec, usable_cores
+    from bigrestore.devices import usable_cores
+    from bigrestore.run.cluster import cluster_spec
     from bigrestore.run.estimate import calibrate, estimate
     from bigrestore.run.plan import make_plan
     from bigrestore.run.settings import default_output

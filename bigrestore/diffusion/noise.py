@@ -163,21 +163,20 @@ def batched_noise(
             describe("batched_noise", "streams", "distinct stream objects", "one listed twice")
         )
     shape = tuple(int(d) for d in shape)
+    positions = [stream.position for stream in streams]  # before drawing moves them
     leaders: dict[tuple[TileKey, int, int], NoiseStream] = {}
-    for stream in streams:
-        leaders.setdefault(stream.position, stream)
-    before = [stream.position for stream in streams]
+    for stream, position in zip(streams, positions, strict=True):
+        leaders.setdefault(position, stream)
     drawing = list(leaders.values())
     threads = noise_threads(device) if threads is None else threads
     if threads > 1 and len(drawing) > 1 and math.prod(shape) >= _THREADED_FROM:
         values = list(_pool(threads, os.getpid()).map(lambda s: s._standard(shape), drawing))
     else:
         values = [stream._standard(shape) for stream in drawing]
-    drawn = {id(leader): value for leader, value in zip(drawing, values, strict=True)}
+    drawn = dict(zip(leaders, values, strict=True))  # position -> its values
     block = np.empty((len(streams), *shape), dtype=np.float32)
-    for row, (stream, position) in enumerate(zip(streams, before, strict=True)):
-        leader = leaders[position]
-        if stream is not leader:
-            stream.follow(leader)
-        np.multiply(drawn[id(leader)], stream.sign, out=block[row])
+    for row, (stream, position) in enumerate(zip(streams, positions, strict=True)):
+        if stream is not leaders[position]:
+            stream.follow(leaders[position])
+        np.multiply(drawn[position], stream.sign, out=block[row])
     return torch.from_numpy(block).to(device)
