@@ -35,7 +35,8 @@
 # GPU_CHECK_STEPS=tests,data,... runs only the steps named (env always; compare, workers, big and
 # train need data), e.g. for a rerun after a fix; GPU_CHECK_SECONDS=300 for a shorter one.
 # The 1024² and 4096² runs pass --batch AUTO, the batch bigrestore.run.batching picks on this
-# GPU (the CLI's --batch default is 8 today). GPU utilisation and memory are sampled by
+# GPU (what the CLI's default would pick too; given explicitly, the bytes do not depend on the
+# free memory). GPU utilisation and memory are sampled by
 # nvidia-smi every 500 ms during the runs. Without a GPU the script says so, runs the CPU-side
 # steps small (tests, data at 1024², a CPU-vs-CPU compare, throughput --quick, a short
 # cpu-small training) and still writes the summary.
@@ -44,16 +45,13 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo" || exit 1
 OUT=${OUT:-$repo/gpu_out}
 WORK=${GPU_WORK:-/tmp/bigrestore-gpu-check}
-SITE=${GPU_SITE:-/tmp/bigrestore-site}
 DEADLINE=${GPU_CHECK_SECONDS:-540}
 RESERVE=10
-if [ -z "${PYTHON:-}" ]; then
-  if [ -x "$repo/.venv/bin/python" ]; then PYTHON=$repo/.venv/bin/python; else PYTHON=python3; fi
-fi
+. benchmarks/gpu_env.sh
 mkdir -p "$OUT" "$WORK/logs"
 rm -rf "${WORK:?}"/* "$OUT/steps.log" "$OUT/smi.csv"
 mkdir -p "$WORK/logs"
-export PYTHONPATH="$repo:$SITE${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 OUT WORK
+export OUT WORK
 BR=("$PYTHON" -m bigrestore.cli)
 : >"$WORK/steps.tsv"
 : >"$WORK/compare.tsv"
@@ -122,10 +120,9 @@ run_case() { # run_case NAME LIMIT INPUT ARGS...: bigrestore run with GPU sampli
 }
 
 # ------------------------------------------------------------------ install and environment
-if ! "$PYTHON" -c 'import distributed, zarr, ome_zarr, pydantic' 2>/dev/null; then
+if wheels_missing; then
   if ls .whl/*.whl >/dev/null 2>&1; then
-    step install 25 "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
-      --upgrade --target "$SITE" .whl/*.whl
+    step install 25 "${WHEEL_INSTALL[@]}"
   else
     skip install "no .whl/ folder: run benchmarks/gpu_wheels.sh here and carry .whl"
   fi
@@ -170,7 +167,6 @@ open(os.path.join(os.environ["WORK"], "env.json"), "w").write(json.dumps(info))
 EOF
 }
 export -f env_probe
-export PYTHON
 step env 15 bash -c env_probe
 AUTO=$("$PYTHON" -c 'import json,os; print(json.load(open(os.environ["WORK"]+"/env.json")).get("auto_batch") or 8)' 2>/dev/null || echo 8)
 if [ "$GPU" = 1 ]; then echo "GPU found; network batch $AUTO" >>"$OUT/steps.log"; else

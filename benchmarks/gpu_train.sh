@@ -29,27 +29,22 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo" || exit 1
 OUT=${OUT:-$repo/gpu_train_out}
 WORK=${GPU_WORK:-/tmp/bigrestore-gpu-train}
-SITE=${GPU_SITE:-/tmp/bigrestore-site}
 DEADLINE=${GPU_TRAIN_SECONDS:-540}
 FIELDS=${GPU_TRAIN_FIELDS:-20}
 SEED=${GPU_TRAIN_SEED:-6}
 CONFIG=${GPU_TRAIN_CONFIG:-configs/cpu-generalist-p128.yaml}
-if [ -z "${PYTHON:-}" ]; then
-  if [ -x "$repo/.venv/bin/python" ]; then PYTHON=$repo/.venv/bin/python; else PYTHON=python3; fi
-fi
+. benchmarks/gpu_env.sh
 mkdir -p "$OUT"
 rm -rf "${WORK:?}"
 mkdir -p "$WORK"
-export PYTHONPATH="$repo:$SITE${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 LOG=$OUT/log.txt
 : >"$LOG"
 SECONDS=0
 say() { echo "[$SECONDS s] $*" | tee -a "$LOG"; }
 
-if ! "$PYTHON" -c 'import zarr, ome_zarr, pydantic' 2>/dev/null; then
+if wheels_missing; then
   say "install: the carried wheels"
-  "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target "$SITE" .whl/*.whl >>"$LOG" 2>&1 || { say "install failed"; exit 1; }
+  "${WHEEL_INSTALL[@]}" >>"$LOG" 2>&1 || { say "install failed"; exit 1; }
 fi
 if "$PYTHON" -c 'import sys, torch; sys.exit(not torch.cuda.is_available())' 2>/dev/null; then
   GPU=1 device=cuda batch=${GPU_TRAIN_BATCH:-32} probe_steps=150
