@@ -2,8 +2,9 @@
 
 Training normalises each condition and target image by its own percentiles (CARE style; the
 W2S release was contrast-stretched per image, so images do not share a scale). Restoration
-normalises each channel with percentiles computed once over the whole volume (never per tile,
-block or slice: that is what causes brightness jumps between tiles). Statistics are explicit
+normalises each plane (one t, z, channel) the same way, from percentiles of the whole plane, or,
+on request, each channel with percentiles of the whole volume; never per tile or block (noisy
+statistics of small regions cause brightness jumps between tiles). Statistics are explicit
 arguments; nothing is remembered between calls (STYLE.md 13).
 """
 
@@ -64,6 +65,14 @@ def from_model(values: np.ndarray, stats: Stats) -> np.ndarray:
     """Model space → intensities (inverse of :func:`to_model`): ``a·x + b``."""
     half = (stats.high - stats.low) / 2.0
     return (np.asarray(values, dtype=np.float64) * half + (stats.low + half)).astype(np.float32)
+
+
+def after_fit(stats: Stats, a: float, b: float) -> Stats:
+    """The statistics whose :func:`from_model` maps ``x`` where ``stats``' maps ``a·x + b``:
+    a least-squares correction fitted in model space, folded into one plane's levels."""
+    half = (stats.high - stats.low) / 2.0
+    middle = stats.low + half + b * half
+    return Stats(float(middle - a * half), float(middle + a * half))
 
 
 def std_from_model(std: np.ndarray, stats: Stats) -> np.ndarray:

@@ -89,6 +89,13 @@ def test_a_calibration_from_before_mirrored_samples_applies_only_without_them():
     assert matching([entry], {"sampler": "ddim", "steps": 8, "flips": True}) is None
 
 
+def test_a_calibration_from_before_per_plane_levels_applies_only_to_volume_levels():
+    """Keys stored before ``normalise_per`` existed were made with one level per volume."""
+    entry = _stored_entry({"sampler": "ddim", "steps": 8})
+    assert matching([entry], {"sampler": "ddim", "steps": 8, "normalise_per": "volume"})
+    assert matching([entry], {"sampler": "ddim", "steps": 8, "normalise_per": "plane"}) is None
+
+
 def test_rising_fit_keeps_the_level_of_a_flat_mean():
     """A flat restored mean has no least-squares slope; intervals are then judged with the
     identity slope at the truth's level (not offset by the whole mean), and a reversed map

@@ -27,6 +27,7 @@ SHARED = (
     "overlap",
     "seed",
     "batch",
+    "normalise_per",
     "precision",
     "workers",
     "threads_per_worker",

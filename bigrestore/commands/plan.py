@@ -29,7 +29,15 @@ SETTINGS = (
     "overlap",
     "seed",
 )
-SETTINGS += ("batch", "dtype", "output_scale", "chunk", "save_samples", "precision")
+SETTINGS += (
+    "batch",
+    "dtype",
+    "output_scale",
+    "chunk",
+    "save_samples",
+    "precision",
+    "normalise_per",
+)
 
 
 def option_name(decorator: Any) -> str:

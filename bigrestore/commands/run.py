@@ -18,7 +18,7 @@ from bigrestore.commands.run_options import OPTIONS, settings_from_options
 SETTINGS = (
     "samples", "sampler", "steps", "eta", "spacing", "clip_x0", "antithetic", "flips", "clip_bound",
     "tile", "overlap", "seed", "batch", "dtype", "output_scale", "chunk", "save_samples",
-    "precision", "coverage", "skip_background", "background", "shared_noise",
+    "precision", "coverage", "skip_background", "background", "shared_noise", "normalise_per",
 )  # fmt: skip
 
 

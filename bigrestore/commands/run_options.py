@@ -81,6 +81,17 @@ OPTIONS = [
         "target: the model's training target levels.",
     ),
     option(
+        "--normalise-per",
+        section=IO,
+        type=click.Choice(["plane", "volume"]),
+        default="plane",
+        show_default=True,
+        help="Where the percentiles (1st / 99.8th) that scale intensities for the network come from: "
+        "each plane (one frame, slice and channel), as every training image was scaled, so dim and "
+        "bright frames each meet the network as in training; or the whole volume per channel. The "
+        "output stays in the input's units either way.",
+    ),
+    option(
         "--samples",
         section=SAMPLING,
         default=8,

@@ -174,9 +174,9 @@ def coverage(mean: np.ndarray, truth: np.ndarray, half_width: np.ndarray) -> tup
     return float(inside.mean()), float(2 * a * half_width.mean())
 
 
-#: Sampler settings added after calibrations were first stored, with the value that older
+#: Settings added to the key after calibrations were first stored, with the value that older
 #: calibrations (whose keys lack them) were made with.
-KEY_DEFAULTS_OF_OLDER_FILES: dict[str, Any] = {"flips": False}
+KEY_DEFAULTS_OF_OLDER_FILES: dict[str, Any] = {"flips": False, "normalise_per": "volume"}
 
 
 def full_key(key: dict[str, Any]) -> dict[str, Any]:

@@ -99,7 +99,8 @@ def assemble_block(job: RunJob, task: BlockTask, results: list[TileResults]) -> 
     blended = blend(tiles, grid.tiles_touching(*task.block.region), grid, task.block)
     if job.calibration is not None:
         blended.update(calibrated_maps(blended, job.calibration, job.settings.coverage))
-    out_stats = [job.output_stats[c] for c in task.out_channels]
+    plane_stats = job.plane_values(job.output_stats, task)
+    out_stats = [plane_stats[c] for c in task.out_channels]
     sampling = job.settings.sampling
     pinned = 0
     if (

@@ -34,7 +34,13 @@ def entropy_note(plan: RunPlan, totals: dict[str, Any]) -> dict[str, Any]:
 def background_note(plan: RunPlan) -> dict[str, Any]:
     """Whether background tiles were skipped, with which thresholds (model space), or why not."""
     if plan.job.background is not None:
-        thresholds = {str(c): plan.job.background[c] for c in plan.channels}
+        per_plane = plan.job.background
+        thresholds = {
+            str(c): per_plane[0][c]
+            if len({plane[c] for plane in per_plane}) == 1
+            else [plane[c] for plane in per_plane]
+            for c in plan.channels
+        }
         return {
             "skipping": True,
             "thresholds_model_space": thresholds,

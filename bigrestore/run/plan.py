@@ -1,8 +1,8 @@
 """Planning a run: everything is checked and decided here, before anything is written.
 
 :func:`make_plan` opens the input and the model file (weights are not loaded), validates the
-settings against both, picks channels, computes the volume-global intensity statistics and lays
-out the tasks (one per output block and plane) and their cost. ``bigrestore run`` then only
+settings against both, picks channels, computes the intensity statistics (per plane, or per
+volume) and lays out the tasks (one per output block and plane) and their cost. ``bigrestore run`` then only
 executes the plan (DESIGN.md decision 8: bad input is refused before any compute or write).
 """
 
@@ -16,22 +16,18 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from bigrestore.errors import BadInputError, IncompatibleModelError, MissingInputError, describe
-from bigrestore.intensity import Stats, percentile_stats, to_model
+from bigrestore.intensity import Stats
 from bigrestore.io.images import OpenedImage, chunk_census, open_image
 from bigrestore.io.meta import ImageMeta
 from bigrestore.io.runstore import LevelZero
 from bigrestore.outputs import PlannedOutput
+from bigrestore.run.levels import input_statistics, plan_background
 from bigrestore.run.settings import RunSettings, bundled_model_path
 from bigrestore.run.tasks import BlockTask, RunJob
 from bigrestore.run.tiling import TileGrid, plan_blocks
 
 if TYPE_CHECKING:
     from bigrestore.model.files import ModelInfo
-
-#: Pixels of one plane above which a coarser pyramid level is used for the percentiles.
-STATS_LEVEL_PIXELS = 1024 * 1024
-#: At most this many pixels (a strided subsample of planes) give a channel's percentiles.
-STATS_PIXELS = 4_000_000
 
 Group = tuple[tuple[int, ...], tuple[int, ...]]  # (input channels, output channel positions)
 
@@ -69,8 +65,6 @@ class RunPlan:
     level0: list[LevelZero]
     out_meta: ImageMeta
     channels: list[int]
-    input_stats: dict[int, Stats]
-    output_stats: list[Stats]
     cost: Cost
 
 
@@ -109,64 +103,6 @@ def channel_groups(model: ModelInfo, selected: list[int]) -> list[Group]:
             unet.cond_channels,
         )
     )
-
-
-def statistics_sample(image: OpenedImage, channel: int) -> np.ndarray:
-    """A strided sample of one channel's planes, (n, y, x), from the coarsest level still
-    ≥ ~1 MPixel per plane, of at most ~STATS_PIXELS pixels: what the statistics look at."""
-    level = 0
-    axes = image.meta.axes
-    iy, ix = axes.index("y"), axes.index("x")
-    for index, shape in enumerate(image.level_shapes):
-        if shape[iy] * shape[ix] >= STATS_LEVEL_PIXELS or index == 0:
-            level = index
-    data = open_image(image.path, level=level).data if level else image.data
-    sub = data[(slice(None),) * axes.index("c") + (channel,)] if "c" in axes else data
-    planes = sub.reshape((-1, *sub.shape[-2:]))
-    keep = max(1, int(STATS_PIXELS // (sub.shape[-2] * sub.shape[-1])))
-    step = max(1, -(-planes.shape[0] // keep))
-    try:
-        return np.asarray(planes[::step].compute())
-    except (RuntimeError, ValueError, OSError) as exc:  # e.g. a chunk that does not decode
-        raise BadInputError(
-            describe(image.path, "pixels", "readable chunks", f"{type(exc).__name__}: {exc}")
-        ) from exc
-
-
-def input_statistics(
-    image: OpenedImage, channels: list[int], p_low: float, p_high: float
-) -> dict[int, Stats]:
-    """Volume-global percentiles per channel (never per tile, block or plane)."""
-    return {
-        c: percentile_stats(
-            statistics_sample(image, c), p_low, p_high, where=f"{image.path} channel {c}"
-        )
-        for c in channels
-    }
-
-
-def plan_background(
-    image: OpenedImage,
-    selected: list[int],
-    stats: dict[int, Stats],
-    settings: RunSettings,
-    info: ModelInfo,
-) -> tuple[float | None, ...] | None:
-    """Per input channel, the background threshold in model space (bigrestore.run.background),
-    or None when the run does not skip: switched off, or the model has no first estimate."""
-    if settings.skip_background == "off" or not (
-        info.objective.sampled and info.objective.first_estimate
-    ):
-        return None
-    from bigrestore.run.background import estimate_threshold, threshold_from_user
-
-    thresholds: list[float | None] = [None] * (max(selected) + 1)
-    for c in selected:
-        if settings.background is not None:
-            thresholds[c] = threshold_from_user(settings.background, stats[c])
-        else:
-            thresholds[c] = estimate_threshold(to_model(statistics_sample(image, c), stats[c]))
-    return tuple(thresholds)
 
 
 def plan_tasks(
@@ -348,11 +284,13 @@ def make_plan(
     norm = info.normalization
     if statistics:
         check_finite(image)
-        stats = input_statistics(image, selected, norm.p_low, norm.p_high)
+        stats = input_statistics(image, selected, norm.p_low, norm.p_high, settings.normalise_per)
     else:
-        stats = {c: Stats(0.0, 1.0) for c in selected}
-    use_target = settings.output_scale == "target" and norm.target is not None
-    targets = [norm.target.stats() if use_target else stats[c] for c in selected]  # type: ignore[union-attr]
+        stats = ((Stats(0.0, 1.0),) * (max(selected) + 1),)
+    if settings.output_scale == "target" and norm.target is not None:
+        targets: tuple[tuple[Stats, ...], ...] = ((norm.target.stats(),) * len(selected),)
+    else:  # the input's own levels (bigrestore.run.scale fits them to the restoration)
+        targets = tuple(tuple(plane[c] for c in selected) for plane in stats)
     job = RunJob(
         input_array=str(image.path / image.level_paths[0]),
         axes=image.meta.axes,
@@ -361,8 +299,8 @@ def make_plan(
         model_path=str(info.directory),
         model_sha256=info.weights_sha256,
         settings=settings,
-        input_stats=tuple(stats.get(c, Stats(0.0, 1.0)) for c in range(max(selected) + 1)),
-        output_stats=tuple(targets),
+        input_stats=stats,
+        output_stats=targets,
         objective=info.objective.name,
         sampled=info.objective.sampled,
         schedule=info.schedule.to_dict(),
@@ -371,6 +309,7 @@ def make_plan(
         torch_threads=torch_threads,
         calibration=find_calibration(info, settings),
         background=plan_background(image, selected, stats, settings, info) if statistics else None,
+        planes_z=out_shape[image.meta.axes.index("z")] if "z" in image.meta.axes else 1,
     )
     outputs = job.outputs()
     level0 = output_arrays(outputs, out_shape, image.meta.axes, settings)
@@ -387,7 +326,5 @@ def make_plan(
         level0,
         out_meta,
         selected,
-        stats,
-        targets,
         cost,
     )

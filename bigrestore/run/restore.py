@@ -10,7 +10,7 @@ from __future__ import annotations
 import shlex
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -81,16 +81,17 @@ def settle_output_scale(
     if plan.settings.output_scale != "input":
         return plan, {"scale": plan.settings.output_scale}
     previous = RunStore(output, "0.5").manifest().get("output_scale", {}) if resume else {}
-    if previous.get("statistics"):
-        stats = [Stats.from_dict(d) for d in previous["statistics"]]
-        return replace_plan(
-            plan, output_stats=stats, job=replace_plan(plan.job, output_stats=tuple(stats))
-        ), previous
+    from bigrestore.run.scale import fit_output_scale, with_fit
+
+    if previous.get("space") == "model":
+        return with_fit(plan, previous), previous
+    if previous.get("statistics"):  # a run started before fits were kept in model space
+        stats = tuple(Stats.from_dict(d) for d in previous["statistics"])
+        return replace_plan(plan, job=replace_plan(plan.job, output_stats=(stats,))), previous
     import torch
 
     from bigrestore.devices import pick_device
     from bigrestore.run.block import load_cached_model
-    from bigrestore.run.scale import fit_output_scale
 
     chosen = pick_device(device)
     before = torch.get_num_threads()
@@ -100,7 +101,7 @@ def settle_output_scale(
         plan, fit = fit_output_scale(plan, net, chosen)
     finally:
         torch.set_num_threads(before)
-    return plan, {"scale": "input", **fit, "statistics": [t.to_dict() for t in plan.output_stats]}
+    return plan, {"scale": "input", **fit}
 
 
 def check_paths(input_path: Path, output: Path, resume: bool, overwrite: bool) -> None:
@@ -223,6 +224,14 @@ def execute(
     return totals
 
 
+def plane_records(per_plane: tuple[tuple[Stats, ...], ...], channels: Iterable[int]) -> dict:
+    """Channel -> its statistics for the manifest: one record when every plane shares them,
+    else a list in plane order (t · nz + z)."""
+    if len(per_plane) == 1:
+        return {str(c): per_plane[0][c].to_dict() for c in channels}
+    return {str(c): [plane[c].to_dict() for plane in per_plane] for c in channels}
+
+
 def finish(
     plan: RunPlan,
     store: RunStore,
@@ -243,8 +252,10 @@ def finish(
     manifest = {
         **record,
         "status": "complete",
-        "input_statistics": {str(c): plan.input_stats[c].to_dict() for c in plan.channels},
-        "output_statistics": [t.to_dict() for t in plan.output_stats],
+        "input_statistics": plane_records(plan.job.input_stats, plan.channels),
+        "output_statistics": list(
+            plane_records(plan.job.output_stats, range(len(plan.channels))).values()
+        ),
         "normalization": {
             "p_low": norm.p_low,
             "p_high": norm.p_high,

@@ -1,14 +1,16 @@
 """The restoration's intensity scale: model space mapped back to the input's units, faithfully.
 
-The network works in model space (each image's 1st / 99.8th percentiles at -1 / +1). Mapping
+The network works in model space (each plane's 1st / 99.8th percentiles at -1 / +1). Mapping
 the restored mean back with the *noisy input's* percentiles makes it too bright: noise widens
 the input's percentile range (measured: +19% mean brightness on a 16-bit stack). Instead the
 map is fitted: the raw input is an unbiased, noisy measurement of the clean signal (zero-mean
 shot and read noise around it), so regressing the input on the restored mean by least squares,
 
-    input ≈ a · mean_model + b      (per channel, over a few restored tiles)
+    input_model ≈ a · mean_model + b      (per channel, over a few restored tiles)
 
-gives the a, b that put the restoration in the input's units with its brightness preserved.
+in model space (each tile's input normalised with its own plane's levels) gives the a, b that,
+folded into each plane's levels, put the restoration in the input's units with its brightness
+preserved.
 The tiles are chosen deterministically (the most structured of a spread sample) and restored
 cheaply: one first estimate each where the model has one (the conditional mean), else the
 mean of 2 samples; the fit averages over tens of thousands of pixels, so this costs a few
@@ -22,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from bigrestore.intensity import Stats, fit_line
+from bigrestore.intensity import after_fit, fit_line
 
 if TYPE_CHECKING:
     import torch
@@ -91,9 +93,10 @@ def cheap_mean(
 def fit_output_scale(
     plan: RunPlan, net: torch.nn.Module, device: torch.device
 ) -> tuple[RunPlan, dict]:
-    """``plan`` with its output statistics replaced by the least-squares fit of the input on
-    the restored mean (per output channel), and a record of the fit for the manifest."""
-    from bigrestore.run.tiles import read_tiles_region
+    """``plan`` with its output statistics corrected by the least-squares fit of the input on
+    the restored mean (per output channel, in model space, where every plane's input has the
+    same scale), and a record of the fit for the manifest (:func:`with_fit` applies it)."""
+    from bigrestore.run.tiles import normalise, read_tiles_region
 
     grid = plan.job.grid
     pairs: dict[int, tuple[list[np.ndarray], list[np.ndarray]]] = {}
@@ -103,25 +106,35 @@ def fit_output_scale(
         region, _, _ = read_tiles_region(plan.job, task, grid, [origin])
         h, w = region.shape[-2:]  # the tile starts inside the image: its region starts at the tile
         restored = cheap_mean(plan, task, origin, net, device)[..., :h, :w]
+        raw_model = normalise(region, plan.job, task)
         for i, out_channel in enumerate(task.out_channels):
             raw, model = pairs.setdefault(out_channel, ([], []))
-            raw.append(region[i].astype(np.float64).ravel())
+            raw.append(raw_model[i].astype(np.float64).ravel())
             model.append(restored[i].astype(np.float64).ravel())
-    stats = list(plan.output_stats)
-    record = {
-        "method": "least-squares fit of the input on the restored mean"
+    record: dict[str, Any] = {
+        "method": "least-squares fit of the input on the restored mean, in model space"
         + (" (first estimates)" if plan.model.objective.first_estimate else " (2 samples)"),
+        "space": "model",
         "tiles": len(tiles),
         "channels": [],
     }
     for channel, (raw, model) in sorted(pairs.items()):
-        x, y = np.concatenate(model), np.concatenate(raw)
-        a, b = fit_line(x, y)
-        if np.isfinite(a) and a > 0:
-            stats[channel] = Stats(float(b - a), float(b + a))
-        record["channels"].append(
-            {"channel": channel, "a": float(a), "b": float(b), "used": bool(a > 0)}
+        a, b = fit_line(np.concatenate(model), np.concatenate(raw))
+        used = bool(np.isfinite(a) and a > 0)
+        record["channels"].append({"channel": channel, "a": float(a), "b": float(b), "used": used})
+    return with_fit(plan, record), record
+
+
+def with_fit(plan: RunPlan, record: dict[str, Any]) -> RunPlan:
+    """``plan`` whose output statistics are its input's, per plane, corrected by a model-space
+    fit ``record`` (of :func:`fit_output_scale`; channels whose fit is not used keep the
+    input's levels)."""
+    fits = {entry["channel"]: entry for entry in record["channels"] if entry["used"]}
+    stats = tuple(
+        tuple(
+            after_fit(plane[c], fits[o]["a"], fits[o]["b"]) if o in fits else plane[c]
+            for o, c in enumerate(plan.channels)
         )
-    return replace(
-        plan, output_stats=stats, job=replace(plan.job, output_stats=tuple(stats))
-    ), record
+        for plane in plan.job.input_stats
+    )
+    return replace(plan, job=replace(plan.job, output_stats=stats))

@@ -47,6 +47,10 @@ class RunSettings(BaseModel):
       (coherent time-lapses and stacks) instead of independent noise per plane.
     - ``coverage``: the level of the calibrated interval (lower/upper) written when the
       model carries a calibration for these settings.
+    - ``normalise_per``: where the 1st / 99.8th percentiles that map intensities into model
+      space come from: each ``plane`` (one t, z and channel; how every training image is
+      normalised, so planes of different brightness each meet the network as in training) or
+      the whole ``volume`` per channel (one map for all planes). Never per tile or block.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -67,6 +71,7 @@ class RunSettings(BaseModel):
     background: Annotated[float, Field(allow_inf_nan=False)] | None = None
     shared_noise: Literal["none", "t", "z", "tz"] = "none"
     precision: Literal[PRECISIONS] = "auto"  # type: ignore[valid-type]
+    normalise_per: Literal["plane", "volume"] = "plane"
 
     def resolved(self, train_resolution: int, input_dtype: Any = "float32") -> RunSettings:
         """Tile defaults to twice the model's training patch size, overlap to a quarter tile.
@@ -89,12 +94,13 @@ class RunSettings(BaseModel):
 
     def calibration_key(self) -> dict[str, Any]:
         """What a calibration is made for (and only applies to): the sampler's settings, the
-        number of samples and the tiling (resolved settings)."""
+        number of samples, the tiling (resolved settings) and the normalisation."""
         return {
             "samples": self.samples,
             **self.sampling.model_dump(),
             "tile": self.tile,
             "overlap": self.overlap,
+            "normalise_per": self.normalise_per,
         }
 
     def changed(self, **changes: Any) -> RunSettings:

@@ -20,8 +20,10 @@ class RunJob:
     """Everything a worker needs for any block of one run (small, picklable).
 
     ``input_array``: path of the level-0 zarr array; ``axes``: its axes (subset of tczyx);
-    ``input_stats``: per input channel, the volume-global normalisation statistics;
-    ``output_stats``: per output channel, the statistics that map model space back.
+    ``input_stats``: per plane, per input channel, the normalisation statistics;
+    ``output_stats``: per plane, per output channel, the statistics that map model space back.
+    Per-plane values (these two and ``background``) hold one entry per plane, indexed
+    t · ``planes_z`` + z, or a single entry that every plane shares (``plane_values``).
     """
 
     input_array: str
@@ -31,8 +33,8 @@ class RunJob:
     model_path: str
     model_sha256: str
     settings: RunSettings
-    input_stats: tuple[Stats, ...]
-    output_stats: tuple[Stats, ...]
+    input_stats: tuple[tuple[Stats, ...], ...]
+    output_stats: tuple[tuple[Stats, ...], ...]
     objective: str
     sampled: bool
     schedule: dict[str, Any]
@@ -42,9 +44,16 @@ class RunJob:
     #: The model's calibration for these sampler settings (bigrestore.diffusion.calibration),
     #: None when it has none: the calibrated outputs are then not written.
     calibration: dict[str, Any] | None = None
-    #: Per input channel, the background threshold in model space (bigrestore.run.background;
-    #: None for a channel without one); None when the run does not skip background tiles.
-    background: tuple[float | None, ...] | None = None
+    #: Per plane, per input channel, the background threshold in model space
+    #: (bigrestore.run.background; None for a channel without one); None when the run does not
+    #: skip background tiles.
+    background: tuple[tuple[float | None, ...], ...] | None = None
+    #: z planes per t: the plane of (t, z) is t · planes_z + z.
+    planes_z: int = 1
+
+    def plane_values(self, values: tuple[Any, ...], task: BlockTask) -> Any:
+        """The entry of per-plane ``values`` for ``task``'s plane (the only one when shared)."""
+        return values[0] if len(values) == 1 else values[task.t * self.planes_z + task.z]
 
     @property
     def grid(self) -> TileGrid:

@@ -78,8 +78,10 @@ def read_tiles_region(
 
 
 def normalise(region: np.ndarray, job: RunJob, task: BlockTask) -> np.ndarray:
-    """Intensities → model space with each channel's volume-global statistics (never per tile)."""
-    return np.stack([to_model(region[i], job.input_stats[c]) for i, c in enumerate(task.channels)])
+    """Intensities → model space with the statistics of each channel of the task's plane (or of
+    the volume; never per tile)."""
+    stats = job.plane_values(job.input_stats, task)
+    return np.stack([to_model(region[i], stats[c]) for i, c in enumerate(task.channels)])
 
 
 def cut(
@@ -183,7 +185,8 @@ def skipped_tiles(job: RunJob, task: BlockTask, tiles: np.ndarray) -> np.ndarray
         return np.zeros(tiles.shape[0], dtype=bool)
     from bigrestore.run.background import background_tiles
 
-    return background_tiles(tiles, [job.background[c] for c in task.channels])
+    thresholds = job.plane_values(job.background, task)
+    return background_tiles(tiles, [thresholds[c] for c in task.channels])
 
 
 def sample_split(

@@ -1,0 +1,107 @@
+"""Each plane meets the network at the levels it was trained with (``normalise_per``).
+
+Training scales every image by its own 1st / 99.8th percentiles. A stack whose planes differ in
+brightness (bleaching along a time-lapse, depth along a stack, unrelated frames of different
+exposure) gave a dim plane only a sliver of the model range when one volume-wide scale was used:
+on the held-out DSB frames of docs/benchmarks.md section 22 that lost up to 5.5 dB per image.
+Here: the levels are computed per plane and looked up by (t, z); a two-frame time-lapse with a
+bright and a dim frame is restored with the bundled model, and the dim frame comes back in its
+own units and better than with one volume-wide scale."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+from conftest import data_path
+
+from bigrestore.evaluate.metrics import fit_linear, psnr
+from bigrestore.intensity import Stats, after_fit, from_model, percentile_stats
+from bigrestore.io.images import open_image
+from bigrestore.io.meta import default_meta
+from bigrestore.io.write import write_image
+from bigrestore.run.cluster import ClusterSpec
+from bigrestore.run.plan import make_plan
+from bigrestore.run.restore import restore
+from bigrestore.run.settings import run_settings
+
+#: Percentile error allowed per frame, as in tests/test_fidelity.py.
+TOLERANCE = 0.08
+#: name: (gain, offset) from photons to stored 16-bit values, per frame.
+FRAMES = {"bright": (100.0, 500.0), "dim": (8.0, 3000.0)}
+
+
+def test_a_fit_folded_into_levels_maps_like_the_fit_then_the_levels():
+    stats = Stats(120.0, 4000.0)
+    x = np.linspace(-1.5, 1.5, 7)
+    folded = after_fit(stats, 0.8, -0.1)
+    assert np.allclose(from_model(x, folded), from_model(0.8 * x - 0.1, stats), rtol=1e-6)
+
+
+def test_levels_are_per_plane_and_found_by_t_and_z(tmp_path):
+    """A (t=2, z=3) stack whose every plane has its own offset and gain: each task gets its own
+    plane's percentiles; with ``volume`` all share the whole stack's."""
+    rng = np.random.default_rng(1)
+    planes = rng.normal(100.0, 10.0, (2, 3, 32, 40))
+    for t in range(2):
+        for z in range(3):
+            planes[t, z] = planes[t, z] * (1 + t + z) + 1000.0 * (3 * t + z)
+    source = write_image(tmp_path / "in.zarr", planes.astype(np.float32), default_meta("tzyx"))
+    settings = run_settings(samples=1, steps=2, tile=32, overlap=8)
+    plan = make_plan(source, tmp_path / "o.zarr", None, settings, None, None, "cpu", 1)
+    assert len(plan.job.input_stats) == 6
+    for task in plan.tasks:
+        want = percentile_stats(planes[task.t, task.z].astype(np.float32))
+        got = plan.job.plane_values(plan.job.input_stats, task)[0]
+        assert got.low == pytest.approx(want.low) and got.high == pytest.approx(want.high)
+    volume = settings.changed(normalise_per="volume")
+    plan = make_plan(source, tmp_path / "o.zarr", None, volume, None, None, "cpu", 1)
+    (shared,) = plan.job.input_stats
+    assert shared[0].low == pytest.approx(percentile_stats(planes.astype(np.float32)).low)
+
+
+@pytest.fixture(scope="module")
+def time_lapse(tmp_path_factory):
+    """(stored 16-bit frames, clean frames in the same units): one cells3d plane (128², peak
+    30 photons, Poisson and read noise) seen twice, once bright and once dim on a high offset."""
+    plane = tifffile.imread(data_path("clean/cells3d_nuclei.tif"))[30, 64:192, 64:192]
+    clean = plane.astype(np.float64) / np.percentile(plane, 99.9) * 30.0
+    rng = np.random.default_rng(0)
+    stored, reference = [], []
+    for gain, offset in FRAMES.values():
+        noisy = rng.poisson(clean) + rng.normal(0.0, 1.0, clean.shape)
+        stored.append(np.clip(np.round(noisy * gain + offset), 0, 65535).astype(np.uint16))
+        reference.append(clean * gain + offset)
+    path = write_image(
+        tmp_path_factory.mktemp("in") / "t.zarr", np.stack(stored), default_meta("tyx")
+    )
+    return path, np.stack(reference)
+
+
+def restored_frames(source, out, per: str) -> tuple[np.ndarray, dict]:
+    settings = run_settings(samples=2, steps=4, normalise_per=per)
+    result = restore(source, out, settings=settings, cluster=ClusterSpec(workers=1))
+    return open_image(out / "mean").data.compute().astype(np.float64), result.manifest
+
+
+def fitted_psnr(restored: np.ndarray, clean: np.ndarray) -> float:
+    truth = (clean - clean.min()) / (clean.max() - clean.min())
+    a, b = fit_linear(restored, truth)
+    return psnr(a * restored + b, truth, 1.0)
+
+
+def test_a_dim_frame_is_restored_at_its_own_levels(time_lapse, tmp_path):
+    source, reference = time_lapse
+    per_plane, manifest = restored_frames(source, tmp_path / "plane.zarr", "plane")
+    volume, _ = restored_frames(source, tmp_path / "volume.zarr", "volume")
+    assert len(manifest["input_statistics"]["0"]) == 2  # one record per frame
+    for frame, name in enumerate(FRAMES):
+        lo, hi = np.percentile(reference[frame], [1, 99])
+        got = np.percentile(per_plane[frame], (5, 50, 95))
+        want = np.percentile(reference[frame], (5, 50, 95))
+        error = np.max(np.abs(got - want)) / (hi - lo)
+        assert error < TOLERANCE, f"{name} frame: percentiles off by {error:.3f} of its range"
+    dim = list(FRAMES).index("dim")
+    plane_db = fitted_psnr(per_plane[dim], reference[dim])
+    volume_db = fitted_psnr(volume[dim], reference[dim])
+    assert plane_db > volume_db + 1.0, (plane_db, volume_db)
