@@ -2,6 +2,7 @@
 
     python benchmarks/quality_heldout.py WORK --model MODEL [--set SETDIR] [--samples 8] [--steps 8]
         [--w2s-fields 20]   (--w2s-fields 0: only the synthetic sets) [--tile T --overlap O]
+    [--normalise-per plane|volume]
 
 Held-out sets (no source image of them is in the bundled model's training data):
   * W2S validation fields 061-080 (real pairs), 256² centre crops, 3 channels each;
@@ -13,7 +14,10 @@ fit (a·x + b) of the method's image to the ground truth, with the ground truth 
 1st / 99.8th percentiles to [0, 1] (data range 1). The Gaussian is the strongest classic
 baseline: for every image the sigma (0.5-16 px, bigrestore.evaluate.baselines.SIGMA_GRID) that
 maximises the fitted PSNR against that image's own ground truth — it uses the answer, so it is
-an upper bound of a Gaussian filter. DDPM-avg is the real `bigrestore run` path (tiles, blending, the run's settings).
+an upper bound of a Gaussian filter. DDPM-avg is the real `bigrestore run` path (tiles,
+blending, the run's settings). Each set is restored as one stack (its crops along t); with the
+run's default levels (``normalise_per`` plane) every crop is scaled by its own percentiles, as
+it would be restored alone.
 """
 
 from __future__ import annotations
@@ -120,8 +124,8 @@ def score_set(
 ) -> dict:
     """One table row: medians of raw, best-Gaussian and DDPM-avg PSNR / MS-SSIM over a set."""
     started = time.perf_counter()
-    tiling = {k: getattr(args, k, None) for k in ("tile", "overlap")}  # None: the model's own
-    changes = {k: v for k, v in tiling.items() if v is not None}
+    chosen = {k: getattr(args, k, None) for k in ("tile", "overlap", "normalise_per")}
+    changes = {k: v for k, v in chosen.items() if v is not None}  # None: the run's default
     restored = restore_stack(work, name.split()[0].replace("/", "_"), low, model, args, **changes)
     seconds = time.perf_counter() - started
     per = {"raw": [], "gaussian": [], "ddpm": [], "sigma": []}
@@ -161,6 +165,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--tile", type=int, default=None, help="default: the model's tile")
     parser.add_argument("--overlap", type=int, default=None, help="default: a quarter of the tile")
+    parser.add_argument(
+        "--normalise-per",
+        choices=("plane", "volume"),
+        default=None,
+        help="default: the run's (plane: every crop at its own levels); volume: one scale for "
+        "each set's whole stack, as before docs/benchmarks.md section 22",
+    )
     args = parser.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
     rows = []

@@ -139,9 +139,9 @@ def test_block_failure_on_a_worker_is_an_io_error(inputs, tmp_path):
     import bigrestore.run.plan as plan
 
     original = plan.input_statistics
-    plan.input_statistics = lambda image, channels, lo, hi: {
-        c: plan.Stats(0.0, 1.0) for c in channels
-    }
+    plan.input_statistics = lambda image, channels, lo, hi, per: (
+        (plan.Stats(0.0, 1.0),) * (max(channels) + 1),
+    )
     target_scale = SETTINGS.changed(output_scale="target")  # no fit reads first
     try:
         with pytest.raises(IOFailure, match="--resume"):
