@@ -3,7 +3,7 @@
 Training scales every image by its own 1st / 99.8th percentiles. A stack whose planes differ in
 brightness (bleaching along a time-lapse, depth along a stack, unrelated frames of different
 exposure) gave a dim plane only a sliver of the model range when one volume-wide scale was used:
-on the held-out DSB frames of docs/benchmarks.md section 22 that lost up to 5.5 dB per image.
+on the held-out synthetic crops of docs/benchmarks.md section 22 that lost up to 6 dB per image.
 Here: the levels are computed per plane and looked up by (t, z); a two-frame time-lapse with a
 bright and a dim frame is restored with the bundled model, and the dim frame comes back in its
 own units and better than with one volume-wide scale."""
