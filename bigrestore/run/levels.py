@@ -17,6 +17,7 @@ import numpy as np
 from bigrestore.errors import BadInputError, describe
 from bigrestore.intensity import Stats, percentile_stats, to_model
 from bigrestore.io.images import OpenedImage, open_image
+from bigrestore.run.tasks import plane_entry
 
 if TYPE_CHECKING:
     from bigrestore.model.files import ModelInfo
@@ -114,31 +115,31 @@ def plan_background(
     settings: RunSettings,
     info: ModelInfo,
 ) -> tuple[tuple[float | None, ...], ...] | None:
-    """Per plane (as ``stats``), per input channel, the background threshold in model space
+    """Per plane, per input channel, the background threshold in model space
     (bigrestore.run.background), or None when the run does not skip: switched off, or the
-    model has no first estimate. An estimated threshold is one per channel, from a sample of
-    planes each in its own model space; one given in the input's units is mapped per plane."""
+    model has no first estimate. A threshold given in the input's units is mapped with each
+    entry of ``stats`` (one per plane, or one shared); an estimated one is a single shared
+    entry per channel, from a sample of planes each in its own model space."""
     if settings.skip_background == "off" or not (
         info.objective.sampled and info.objective.first_estimate
     ):
         return None
     from bigrestore.run.background import estimate_threshold, threshold_from_user
 
-    width = max(selected) + 1
-    planes: list[list[float | None]] = [[None] * width for _ in stats]
-    for c in selected:
-        if settings.background is not None:
-            for plane, plane_stats in zip(planes, stats, strict=True):
-                plane[c] = threshold_from_user(settings.background, plane_stats[c])
-            continue
-        sample, indices = statistics_sample(image, c)
-        normalised = np.stack(
-            [
-                to_model(plane, stats[0 if len(stats) == 1 else i][c])
-                for plane, i in zip(sample, indices, strict=True)
-            ]
+    if settings.background is not None:
+        return tuple(
+            tuple(
+                threshold_from_user(settings.background, plane[c]) if c in selected else None
+                for c in range(len(plane))
+            )
+            for plane in stats
         )
-        threshold = estimate_threshold(normalised)
-        for plane in planes:
-            plane[c] = threshold
-    return tuple(tuple(plane) for plane in planes)
+    shared: list[float | None] = [None] * (max(selected) + 1)
+    for c in selected:
+        sample, indices = statistics_sample(image, c)
+        normalised = [
+            to_model(plane, plane_entry(stats, i)[c])
+            for plane, i in zip(sample, indices, strict=True)
+        ]
+        shared[c] = estimate_threshold(np.stack(normalised))
+    return (tuple(shared),)

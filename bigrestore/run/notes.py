@@ -36,9 +36,7 @@ def background_note(plan: RunPlan) -> dict[str, Any]:
     if plan.job.background is not None:
         per_plane = plan.job.background
         thresholds = {
-            str(c): per_plane[0][c]
-            if len({plane[c] for plane in per_plane}) == 1
-            else [plane[c] for plane in per_plane]
+            str(c): per_plane[0][c] if len(per_plane) == 1 else [plane[c] for plane in per_plane]
             for c in plan.channels
         }
         return {

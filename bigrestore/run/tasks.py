@@ -15,6 +15,11 @@ from bigrestore.run.settings import RunSettings
 from bigrestore.run.tiling import Block, TileGrid
 
 
+def plane_entry(values: tuple[Any, ...], plane: int) -> Any:
+    """Entry ``plane`` of per-plane ``values``, or their only entry when every plane shares it."""
+    return values[0] if len(values) == 1 else values[plane]
+
+
 @dataclass(frozen=True)
 class RunJob:
     """Everything a worker needs for any block of one run (small, picklable).
@@ -53,7 +58,7 @@ class RunJob:
 
     def plane_values(self, values: tuple[Any, ...], task: BlockTask) -> Any:
         """The entry of per-plane ``values`` for ``task``'s plane (the only one when shared)."""
-        return values[0] if len(values) == 1 else values[task.t * self.planes_z + task.z]
+        return plane_entry(values, task.t * self.planes_z + task.z)
 
     @property
     def grid(self) -> TileGrid:
