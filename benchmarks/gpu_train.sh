@@ -1,38 +1,45 @@
 #!/usr/bin/env bash
-# Continue the bundled model on a lent GPU: build the generalist training set there from carried
-# sources, measure the training speed, size the run to the time left, train, and bring the model
-# back (issue 18: the CPU budget limits the bundled model; one H200 trained paper.yaml at
-# 82-87 patches/s, docs/benchmarks.md section 21). Its shape and recipe stay those of the
-# bundled model (configs/cpu-generalist-p128.yaml: 1.41 M parameters, 128² patches), so the
-# result fits the repository as the bundled one does and is scored, calibrated and bundled here
-# with the commands of docs/benchmarks.md section 20.
+# Train two models side by side on a lent GPU (issue 18), from sources carried there:
+#   bundled  continues the bundled model (configs/cpu-generalist-p128.yaml: 1.41 M parameters,
+#            128² patches), so the result fits the repository as the bundled one does;
+#   wide     the same recipe 40 channels wide (configs/gpu-wide-p128.yaml: 3.91 M parameters,
+#            about 2.8x the cost per pixel), from scratch: is the margin on real W2S data held
+#            back by the network's width?
+# One small network leaves an H200 mostly idle (docs/benchmarks.md section 21), so the two legs
+# share it, and the loader processes take half the cores each. Both are scored, calibrated and
+# bundled here with the commands of docs/benchmarks.md sections 20 and 22.
 #
-#   here, once:  benchmarks/gpu_wheels.sh && python benchmarks/gpu_data.py pack-train --fields 20
+#   here, once:  benchmarks/gpu_wheels.sh && python benchmarks/gpu_data.py pack-train --fields 24
 #   there:       run(command="bash benchmarks/gpu_train.sh", carry=[".whl", "gpu_train"], timeout_s=600)
 #   here, test:  benchmarks/gpu_train.sh          (no GPU: a few CPU steps; OUT defaults to ./gpu_train_out)
 #
-# Carried: the wheels (15 MiB), gpu_train/ (the clean stacks and W2S training fields 1-20,
-# about 32 MiB) and the checkout (about 10 MiB), within the device tool's 64 MiB. Steps, under
-# one deadline of GPU_TRAIN_SECONDS (default 540):
+# Carried: the wheels (15 MiB), gpu_train/ (the clean stacks and W2S training fields 1-24,
+# 36 MiB) and the checkout (about 9 MiB), within the device tool's 64 MiB. Steps, under one
+# deadline of GPU_TRAIN_SECONDS (default 540):
 #   install   the carried wheels into /tmp/bigrestore-site (skipped when importable)
-#   set       benchmarks/make_training_set.py --data gpu_train --w2s-fields 20 (W2S pairs,
-#             W2S highs degraded again, cells3d / DSB / CTC degraded; the CPU set's recipe)
-#   probe     `bigrestore train` for 150 steps from the bundled model: steps/s on this machine
-#   train     from the bundled model, 4 epochs whose steps fill the time left at 85 % of the
-#             probe's rate (the learning rate anneals over the planned steps, so the run must
-#             end by itself, not by --max-minutes)
-# It brings back in $OUT: model.safetensors, model.json, metrics.csv, steps.csv, probe.csv and
-# log.txt. Settings: GPU_TRAIN_BATCH (32), GPU_TRAIN_WORKERS (loader processes: cores - 2),
-# GPU_TRAIN_FIELDS (20), GPU_TRAIN_SEED (6), GPU_TRAIN_CONFIG (configs/cpu-generalist-p128.yaml).
+#   set       benchmarks/make_training_set.py --data gpu_train --w2s-fields 24 (W2S pairs,
+#             W2S highs degraded again, cells3d / DSB / CTC degraded; the CPU set's recipe, but
+#             24 W2S fields of its 54, all that fits the carry limit)
+#   probe     each leg: `bigrestore train` for 150 steps, both at once: steps/s as they share
+#   train     each leg: 4 epochs whose steps fill the time left at 85 % of its probe's rate
+#             (the learning rate anneals over the planned steps, so a leg must end by itself,
+#             not by --max-minutes)
+# It brings back in $OUT: log.txt and, per leg, NAME/model.safetensors, NAME/model.json and
+# NAME/metrics.csv (7 files; the wide model's 15.6 MB stays under the 16 MiB per file).
+# Settings: GPU_TRAIN_BATCH (32), GPU_TRAIN_WORKERS (loader processes of both legs: cores - 2),
+# GPU_TRAIN_FIELDS (24), GPU_TRAIN_SEED (6), GPU_TRAIN_CONFIG, GPU_TRAIN_WIDE_CONFIG,
+# GPU_TRAIN_WIDE (1; 0 trains the bundled leg alone).
 set -uo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo" || exit 1
 OUT=${OUT:-$repo/gpu_train_out}
 WORK=${GPU_WORK:-/tmp/bigrestore-gpu-train}
 DEADLINE=${GPU_TRAIN_SECONDS:-540}
-FIELDS=${GPU_TRAIN_FIELDS:-20}
+FIELDS=${GPU_TRAIN_FIELDS:-24}
 SEED=${GPU_TRAIN_SEED:-6}
 CONFIG=${GPU_TRAIN_CONFIG:-configs/cpu-generalist-p128.yaml}
+WIDE_CONFIG=${GPU_TRAIN_WIDE_CONFIG:-configs/gpu-wide-p128.yaml}
+WIDE=${GPU_TRAIN_WIDE:-1}
 . benchmarks/gpu_env.sh
 mkdir -p "$OUT"
 rm -rf "${WORK:?}"
@@ -65,46 +72,70 @@ for entry in w2s_train:0.35 w2s_synth:0.15 cells3d_train:0.2 dsb_train:0.1 ctc_t
   pairs+=(--low "$WORK/set/${name}_low.zarr" --high "$WORK/set/${name}_high.zarr" --weight "${entry##*:}")
 done
 
-config() { # config OUT.yaml EPOCHS STEPS_PER_EPOCH VAL_PATCHES VAL_SAMPLES
-  "$PYTHON" - "$CONFIG" "$@" "$batch" "$workers" <<'EOF'
+config() { # config SOURCE OUT.yaml EPOCHS STEPS_PER_EPOCH VAL_PATCHES VAL_SAMPLES WORKERS
+  "$PYTHON" - "$@" "$batch" <<'EOF'
 import sys, yaml
-source, out, epochs, steps, patches, samples, batch, workers = sys.argv[1:]
+source, out, epochs, steps, patches, samples, workers, batch = sys.argv[1:]
 config = yaml.safe_load(open(source))
 config.update(epochs=int(epochs), steps_per_epoch=int(steps), val_patches=int(patches),
               val_samples=int(samples), batch=int(batch), workers=int(workers))
 yaml.safe_dump(config, open(out, "w"))
 EOF
 }
-train() { # train OUT CONFIG MINUTES
-  timeout -k 10 $(($(printf '%.0f' "$3") * 60 + 60)) "$PYTHON" -m bigrestore.cli train \
-    "${pairs[@]}" --config "$2" --init-from bundled --seed "$SEED" --device "$device" \
-    --max-minutes "$3" --out "$1" >>"$LOG" 2>&1
+train() { # train OUT CONFIG MINUTES [--init-from MODEL]
+  local out=$1 cfg=$2 minutes=$3
+  shift 3
+  timeout -k 10 $(($(printf '%.0f' "$minutes") * 60 + 60)) "$PYTHON" -m bigrestore.cli train \
+    "${pairs[@]}" --config "$cfg" "$@" --seed "$SEED" --device "$device" \
+    --max-minutes "$minutes" --out "$out"
+}
+leg() { # leg NAME CONFIG WORKERS [--init-from MODEL]: probe, size the steps, train, bring back
+  local name=$1 source=$2 workers=$3
+  shift 3
+  local log=$WORK/$name.log
+  say "$name: probe, $probe_steps steps at batch $batch, $workers loader workers, on $device"
+  config "$source" "$WORK/$name-probe.yaml" 1 "$probe_steps" 4 1 "$workers"
+  local start=$SECONDS
+  if ! train "$WORK/$name-probe" "$WORK/$name-probe.yaml" 2 "$@" >>"$log" 2>&1; then
+    say "$name: probe failed"
+    tail -5 "$log" | tee -a "$LOG"
+    return 1
+  fi
+  local rate
+  rate=$("$PYTHON" -c "
+import csv; row = list(csv.DictReader(open('$WORK/$name-probe/metrics.csv')))[-1]
+print(round(int(row['step']) / float(row['wall_s']), 3))")
+  say "$name: probe $rate steps/s ($((SECONDS - start)) s with start-up and validation)"
+  local left=$((DEADLINE - SECONDS - 45)) steps val samples minutes
+  if [ "$GPU" = 1 ]; then
+    steps=$("$PYTHON" -c "print(max(4, int($rate * $left * 0.85) // 4))") val=32 samples=4
+  else
+    steps=2 val=4 samples=1
+  fi
+  minutes=$("$PYTHON" -c "print(round(max(0.5, $left / 60), 2))")
+  say "$name: train 4 epochs x $steps steps (batch $batch), at most $minutes min"
+  config "$source" "$WORK/$name.yaml" 4 "$steps" "$val" "$samples" "$workers"
+  train "$WORK/$name" "$WORK/$name.yaml" "$minutes" "$@" >>"$log" 2>&1
+  say "$name: train exit $?"
+  mkdir -p "$OUT/$name"
+  for f in model.safetensors model.json metrics.csv; do
+    cp "$WORK/$name/$f" "$OUT/$name/" 2>/dev/null || say "$name: no $f"
+  done
+  { echo "== $name: log tail"; tail -20 "$log"; } >>"$LOG" 2>/dev/null
 }
 
-say "probe: $probe_steps steps at batch $batch, $workers loader workers, on $device"
-config "$WORK/probe.yaml" 1 "$probe_steps" 4 1
-start=$SECONDS
-train "$WORK/probe" "$WORK/probe.yaml" 2 || { say "probe failed"; exit 1; }
-cp "$WORK/probe/metrics.csv" "$OUT/probe.csv"
-rate=$("$PYTHON" -c "
-import csv; row = list(csv.DictReader(open('$WORK/probe/metrics.csv')))[-1]
-print(round(int(row['step']) / float(row['wall_s']), 3))")
-say "probe: $rate steps/s ($((SECONDS - start)) s with start-up and validation)"
-
-left=$((DEADLINE - SECONDS - 45))
-if [ "$GPU" = 1 ]; then
-  steps=$("$PYTHON" -c "print(max(4, int($rate * $left * 0.85) // 4))")
-  val=32 samples=4
-else
-  steps=2 val=4 samples=1
-fi
-minutes=$("$PYTHON" -c "print(round(max(0.5, $left / 60), 2))")
-say "train: 4 epochs x $steps steps (batch $batch) from the bundled model, at most $minutes min"
-config "$WORK/train.yaml" 4 "$steps" "$val" "$samples"
-train "$WORK/model" "$WORK/train.yaml" "$minutes"
-say "train: exit $?"
-for f in model.safetensors model.json metrics.csv steps.csv; do
-  cp "$WORK/model/$f" "$OUT/" 2>/dev/null || say "no $f"
+# The two legs share the machine: the GPU, which one small network leaves mostly idle, and the
+# loader processes, half the cores each. Both probe and train at the same time, so each
+# measured rate is the rate it trains at.
+each=$((workers / 2))
+[ "$each" -lt 1 ] && each=1
+leg bundled "$CONFIG" "$each" --init-from bundled &
+[ "$WIDE" = 1 ] && leg wide "$WIDE_CONFIG" "$each" &
+wait
+for name in bundled wide; do
+  if [ -e "$OUT/$name/metrics.csv" ]; then
+    echo "== $name"
+    cat "$OUT/$name/metrics.csv"
+  fi
 done
-cat "$OUT/metrics.csv" 2>/dev/null
 say "done"
