@@ -20,8 +20,10 @@
 #   set       benchmarks/make_training_set.py --data gpu_train --w2s-fields 24 (W2S pairs,
 #             W2S highs degraded again, cells3d / DSB / CTC degraded; the CPU set's recipe, but
 #             24 W2S fields of its 54, all that fits the carry limit)
-#   probe     each leg: `bigrestore train` for 150 steps, both at once: steps/s as they share
-#   train     each leg: 4 epochs whose steps fill the time left at 85 % of its probe's rate
+#   probe     each leg: `bigrestore train` for 2 x 75 steps, both at once: the second epoch's
+#             steps/s as they share (the first holds the start-up), and the start-up itself
+#   train     each leg: 4 epochs whose steps fill the time left, less one start-up, at 85 % of
+#             its probe's rate (GPU_TRAIN_STEPS: steps per epoch set by hand, no probe)
 #             (the learning rate anneals over the planned steps, so a leg must end by itself,
 #             not by --max-minutes)
 # It brings back in $OUT: log.txt and, per leg, NAME/model.safetensors, NAME/model.json and
@@ -40,6 +42,8 @@ SEED=${GPU_TRAIN_SEED:-6}
 CONFIG=${GPU_TRAIN_CONFIG:-configs/cpu-generalist-p128.yaml}
 WIDE_CONFIG=${GPU_TRAIN_WIDE_CONFIG:-configs/gpu-wide-p128.yaml}
 WIDE=${GPU_TRAIN_WIDE:-1}
+INIT=${GPU_TRAIN_INIT:-bundled}
+STEPS=${GPU_TRAIN_STEPS:-}
 . benchmarks/gpu_env.sh
 mkdir -p "$OUT"
 rm -rf "${WORK:?}"
@@ -93,26 +97,35 @@ leg() { # leg NAME CONFIG WORKERS [--init-from MODEL]: probe, size the steps, tr
   local name=$1 source=$2 workers=$3
   shift 3
   local log=$WORK/$name.log
-  say "$name: probe, $probe_steps steps at batch $batch, $workers loader workers, on $device"
-  config "$source" "$WORK/$name-probe.yaml" 1 "$probe_steps" 4 1 "$workers"
-  local start=$SECONDS
-  if ! train "$WORK/$name-probe" "$WORK/$name-probe.yaml" 2 "$@" >>"$log" 2>&1; then
-    say "$name: probe failed"
-    tail -5 "$log" | tee -a "$LOG"
-    return 1
-  fi
-  local rate
-  rate=$("$PYTHON" -c "
-import csv; row = list(csv.DictReader(open('$WORK/$name-probe/metrics.csv')))[-1]
-print(round(int(row['step']) / float(row['wall_s']), 3))")
-  say "$name: probe $rate steps/s ($((SECONDS - start)) s with start-up and validation)"
-  local left=$((DEADLINE - SECONDS - 45)) steps val samples minutes
-  if [ "$GPU" = 1 ]; then
-    steps=$("$PYTHON" -c "print(max(4, int($rate * $left * 0.85) // 4))") val=32 samples=4
+  local left steps val samples minutes
+  if [ -n "$STEPS" ]; then # steps set by hand (GPU_TRAIN_STEPS): no probe
+    steps=$STEPS val=32 samples=4 left=$((DEADLINE - SECONDS - 45))
   else
-    steps=2 val=4 samples=1
+    say "$name: probe, $probe_steps steps at batch $batch, $workers loader workers, on $device"
+    config "$source" "$WORK/$name-probe.yaml" 2 $((probe_steps / 2)) 4 1 "$workers"
+    local start=$SECONDS
+    if ! train "$WORK/$name-probe" "$WORK/$name-probe.yaml" 2 "$@" >>"$log" 2>&1; then
+      say "$name: probe failed"
+      tail -5 "$log" | tee -a "$LOG"
+      return 1
+    fi
+    # The rate of the second epoch alone: the first holds the start-up (about 25 s on the H200)
+    # and the loaders' ramp, which made a one-epoch probe read a third of the real rate.
+    local rate startup
+    read -r rate startup < <("$PYTHON" -c "
+import csv; first, second = list(csv.DictReader(open('$WORK/$name-probe/metrics.csv')))[-2:]
+rate = (int(second['step']) - int(first['step'])) / (float(second['wall_s']) - float(first['wall_s']))
+print(round(rate, 3), max(0, int(float(first['wall_s']) - int(first['step']) / rate)))")
+    say "$name: probe $rate steps/s after a start-up of $startup s ($((SECONDS - start)) s in all)"
+    left=$((DEADLINE - SECONDS - 45 - startup))
+    [ "$left" -lt 30 ] && left=30
+    if [ "$GPU" = 1 ]; then
+      steps=$("$PYTHON" -c "print(max(4, int($rate * $left * 0.85) // 4))") val=32 samples=4
+    else
+      steps=2 val=4 samples=1
+    fi
   fi
-  minutes=$("$PYTHON" -c "print(round(max(0.5, $left / 60), 2))")
+  minutes=$("$PYTHON" -c "print(round(max(0.5, ($DEADLINE - $SECONDS - 45) / 60), 2))")
   say "$name: train 4 epochs x $steps steps (batch $batch), at most $minutes min"
   config "$source" "$WORK/$name.yaml" 4 "$steps" "$val" "$samples" "$workers"
   train "$WORK/$name" "$WORK/$name.yaml" "$minutes" "$@" >>"$log" 2>&1
@@ -127,9 +140,10 @@ print(round(int(row['step']) / float(row['wall_s']), 3))")
 # The two legs share the machine: the GPU, which one small network leaves mostly idle, and the
 # loader processes, half the cores each. Both probe and train at the same time, so each
 # measured rate is the rate it trains at.
-each=$((workers / 2))
+each=$workers
+[ "$WIDE" = 1 ] && each=$((workers / 2))
 [ "$each" -lt 1 ] && each=1
-leg bundled "$CONFIG" "$each" --init-from bundled &
+leg bundled "$CONFIG" "$each" --init-from "$INIT" &
 [ "$WIDE" = 1 ] && leg wide "$WIDE_CONFIG" "$each" &
 wait
 for name in bundled wide; do
