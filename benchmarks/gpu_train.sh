@@ -30,7 +30,9 @@
 # NAME/metrics.csv (7 files; the wide model's 15.6 MB stays under the 16 MiB per file).
 # Settings: GPU_TRAIN_BATCH (32), GPU_TRAIN_WORKERS (loader processes of both legs: cores - 2),
 # GPU_TRAIN_FIELDS (24), GPU_TRAIN_SEED (6), GPU_TRAIN_CONFIG, GPU_TRAIN_WIDE_CONFIG,
-# GPU_TRAIN_WIDE (1; 0 trains the bundled leg alone).
+# GPU_TRAIN_LEGS ("bundled wide"; one name trains that leg alone, on all the loader processes),
+# GPU_TRAIN_INIT (the model the bundled leg starts from: bundled), GPU_TRAIN_STEPS (steps per
+# epoch set by hand: no probe).
 set -uo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo" || exit 1
@@ -41,7 +43,7 @@ FIELDS=${GPU_TRAIN_FIELDS:-24}
 SEED=${GPU_TRAIN_SEED:-6}
 CONFIG=${GPU_TRAIN_CONFIG:-configs/cpu-generalist-p128.yaml}
 WIDE_CONFIG=${GPU_TRAIN_WIDE_CONFIG:-configs/gpu-wide-p128.yaml}
-WIDE=${GPU_TRAIN_WIDE:-1}
+LEGS=${GPU_TRAIN_LEGS:-bundled wide}
 INIT=${GPU_TRAIN_INIT:-bundled}
 STEPS=${GPU_TRAIN_STEPS:-}
 . benchmarks/gpu_env.sh
@@ -52,6 +54,13 @@ LOG=$OUT/log.txt
 : >"$LOG"
 SECONDS=0
 say() { echo "[$SECONDS s] $*" | tee -a "$LOG"; }
+read -r -a names <<<"$LEGS"
+for name in "${names[@]}"; do
+  case $name in
+    bundled | wide) ;;
+    *) say "unknown leg '$name' in GPU_TRAIN_LEGS (expected: bundled, wide)"; exit 64 ;;
+  esac
+done
 
 if wheels_missing; then
   say "install: the carried wheels"
@@ -140,11 +149,14 @@ print(round(rate, 3), max(0, int(float(first['wall_s']) - int(first['step']) / r
 # The two legs share the machine: the GPU, which one small network leaves mostly idle, and the
 # loader processes, half the cores each. Both probe and train at the same time, so each
 # measured rate is the rate it trains at.
-each=$workers
-[ "$WIDE" = 1 ] && each=$((workers / 2))
+each=$((workers / ${#names[@]}))
 [ "$each" -lt 1 ] && each=1
-leg bundled "$CONFIG" "$each" --init-from "$INIT" &
-[ "$WIDE" = 1 ] && leg wide "$WIDE_CONFIG" "$each" &
+for name in "${names[@]}"; do
+  case $name in
+    bundled) leg bundled "$CONFIG" "$each" --init-from "$INIT" & ;;
+    wide) leg wide "$WIDE_CONFIG" "$each" & ;;
+  esac
+done
 wait
 for name in bundled wide; do
   if [ -e "$OUT/$name/metrics.csv" ]; then
