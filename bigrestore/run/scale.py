@@ -59,26 +59,27 @@ def fit_tiles(
 
 
 def cheap_mean(
-    plan: RunPlan, task: Any, origin: tuple[int, int], net: torch.nn.Module, device: torch.device
+    plan: RunPlan,
+    task: Any,
+    origin: tuple[int, int],
+    region_model: np.ndarray,
+    region_origin: tuple[int, int],
+    net: torch.nn.Module,
+    device: torch.device,
 ) -> np.ndarray:
     """A restored mean of one tile, (C, t, t) model space, good enough for the fit and cheap:
     the model's one-call first estimate where it has one (the conditional mean), else the mean
-    of 2 samples with the run's sampler (the fit averages the rest of the noise out)."""
+    of 2 samples with the run's sampler (the fit averages the rest of the noise out).
+    ``region_model``: the tile's region as the caller read and normalised it, starting at
+    ``region_origin`` (y, x), so the first estimate does not read it again."""
     import torch
 
     from bigrestore.devices import autocast_dtype
-    from bigrestore.run.tiles import (
-        compute_tiles,
-        cut,
-        first_estimates,
-        normalise,
-        read_tiles_region,
-    )
+    from bigrestore.run.tiles import compute_tiles, cut, first_estimates
 
     job = plan.job
     if plan.model.objective.first_estimate:
-        region, ry0, rx0 = read_tiles_region(job, task, job.grid, [origin])
-        tiles = cut(normalise(region, job, task), job.grid, ry0, rx0, [origin])
+        tiles = cut(region_model, job.grid, *region_origin, [origin])
         autocast = autocast_dtype(job.settings.precision, device)
         with torch.inference_mode():
             return first_estimates(net, tiles, [origin], job, task, autocast, device)[0]
@@ -103,10 +104,10 @@ def fit_output_scale(
     tiles = fit_tiles(plan)
     for index, origin in tiles:
         task = plan.tasks[index]
-        region, _, _ = read_tiles_region(plan.job, task, grid, [origin])
+        region, ry0, rx0 = read_tiles_region(plan.job, task, grid, [origin])
         h, w = region.shape[-2:]  # the tile starts inside the image: its region starts at the tile
-        restored = cheap_mean(plan, task, origin, net, device)[..., :h, :w]
         raw_model = normalise(region, plan.job, task)
+        restored = cheap_mean(plan, task, origin, raw_model, (ry0, rx0), net, device)[..., :h, :w]
         for i, out_channel in enumerate(task.out_channels):
             raw, model = pairs.setdefault(out_channel, ([], []))
             raw.append(raw_model[i].astype(np.float64).ravel())
