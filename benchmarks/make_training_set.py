@@ -34,7 +34,7 @@ import tifffile
 
 from bigrestore.io.meta import default_meta
 from bigrestore.io.write import write_image
-from bigrestore.train.degrade import degrade, poisson_gaussian_fit, random_degradation
+from bigrestore.train.degrade import PHOTONS, degrade, poisson_gaussian_fit, random_degradation
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 DRAWS = {"cells3d": 2, "dsb": 8, "ctc": 2}
@@ -55,20 +55,30 @@ def save_pair(out: Path, name: str, low: np.ndarray, high: np.ndarray, axes: str
 
 
 def synthetic(
-    clean_planes: list[np.ndarray], draws: int, dtypes: tuple[str, ...], rng: np.random.Generator
+    clean_planes: list[np.ndarray],
+    draws: int,
+    dtypes: tuple[str, ...],
+    rng: np.random.Generator,
+    photons: tuple[float, float] = PHOTONS,
 ):
     """Degraded copies of every plane: (low stack, high stack float32, parameters)."""
     lows, highs, params = [], [], []
     for plane in clean_planes:
         for _ in range(draws):
-            p = random_degradation(rng, dtypes[int(rng.integers(len(dtypes)))])
+            p = random_degradation(rng, dtypes[int(rng.integers(len(dtypes)))], photons)
             lows.append(degrade(plane, p, rng).astype(np.uint16))
             highs.append(plane.astype(np.float32))
             params.append(p.to_dict())
     return np.stack(lows), np.stack(highs), params
 
 
-def w2s_sets(out: Path, rng: np.random.Generator, data: Path, fields: int) -> list[dict]:
+def w2s_sets(
+    out: Path,
+    rng: np.random.Generator,
+    data: Path,
+    fields: int,
+    photons: tuple[float, float] = PHOTONS,
+) -> list[dict]:
     """W2S pairs of fields 1..``fields`` (at most 54) for training, 55-60 for calibration
     when the stacks hold them, and the training fields' high images degraded again."""
     low = tifffile.imread(data / "w2s" / "train_low.tif")
@@ -92,7 +102,7 @@ def w2s_sets(out: Path, rng: np.random.Generator, data: Path, fields: int) -> li
             }
         )
     planes = [high[f, c] for f in range(n) for c in range(3)]
-    s_low, s_high, params = synthetic(planes, 1, ("uint8",), rng)
+    s_low, s_high, params = synthetic(planes, 1, ("uint8",), rng, photons)
     sets.append(
         {
             "name": "w2s_synth",
@@ -105,7 +115,9 @@ def w2s_sets(out: Path, rng: np.random.Generator, data: Path, fields: int) -> li
     return sets
 
 
-def clean_sets(out: Path, rng: np.random.Generator, data: Path) -> list[dict]:
+def clean_sets(
+    out: Path, rng: np.random.Generator, data: Path, photons: tuple[float, float] = PHOTONS
+) -> list[dict]:
     cells = tifffile.imread(data / "clean" / "cells3d_nuclei.tif")
     dsb = tifffile.imread(data / "clean" / "dsb2018_nuclei_2d.tif")
     ctc = tifffile.imread(data / "clean" / "ctc_timelapse_2d.tif")
@@ -119,7 +131,7 @@ def clean_sets(out: Path, rng: np.random.Generator, data: Path) -> list[dict]:
     }
     sets = []
     for (name, split), planes in sources.items():
-        low, high, params = synthetic(planes, DRAWS[name], ("uint8", "uint16"), rng)
+        low, high, params = synthetic(planes, DRAWS[name], ("uint8", "uint16"), rng, photons)
         label = f"{name}_{split}"
         sets.append(
             {
@@ -133,7 +145,9 @@ def clean_sets(out: Path, rng: np.random.Generator, data: Path) -> list[dict]:
     return sets
 
 
-def noise_check(rng: np.random.Generator, data: Path, fields: int) -> dict[str, list[float]]:
+def noise_check(
+    rng: np.random.Generator, data: Path, fields: int, photons: tuple[float, float] = PHOTONS
+) -> dict[str, list[float]]:
     """Photons between the 1st and 99.8th percentile: real W2S low frames vs synthetic ones
     made from the same fields' high images (same estimator)."""
     low = tifffile.imread(data / "w2s" / "train_low.tif")
@@ -142,7 +156,7 @@ def noise_check(rng: np.random.Generator, data: Path, fields: int) -> dict[str, 
     for f in range(0, min(fields, TRAIN_FIELDS, low.shape[0]), 3):
         for c in range(3):
             real.append(poisson_gaussian_fit(low[f, c], high[f, c])[2])
-            made = degrade(high[f, c], random_degradation(rng, "uint8"), rng)
+            made = degrade(high[f, c], random_degradation(rng, "uint8", photons), rng)
             synth.append(poisson_gaussian_fit(made, high[f, c])[2])
     return {"real": real, "synthetic": synth}
 
@@ -160,13 +174,23 @@ def main(argv: list[str] | None = None) -> None:
         default=TRAIN_FIELDS,
         help="W2S training fields to use, 1..N (at most 54; the GPU kit carries fewer)",
     )
+    parser.add_argument(
+        "--photons",
+        type=float,
+        nargs=2,
+        default=list(PHOTONS),
+        metavar=("LOW", "HIGH"),
+        help="range of the photon levels drawn (log-uniform; default: the bundled model's, "
+        "bigrestore.train.degrade.PHOTONS); section 25 of docs/benchmarks.md tried 3 1000",
+    )
     args = parser.parse_args(argv)
+    photons = (args.photons[0], args.photons[1])
     args.out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(args.seed)
-    sets = w2s_sets(args.out, rng, args.data, args.w2s_fields) + clean_sets(
-        args.out, rng, args.data
+    sets = w2s_sets(args.out, rng, args.data, args.w2s_fields, photons) + clean_sets(
+        args.out, rng, args.data, photons
     )
-    check = noise_check(np.random.default_rng(args.seed + 1), args.data, args.w2s_fields)
+    check = noise_check(np.random.default_rng(args.seed + 1), args.data, args.w2s_fields, photons)
     summary = {
         k: [round(float(np.percentile(v, q)), 1) for q in (10, 50, 90)] for k, v in check.items()
     }

@@ -8,9 +8,8 @@ bundled model's training data) are degraded with the documented camera model
 (bigrestore.train.degrade) at one fixed photon level at a time, as a 16-bit sCMOS-like camera
 would record them: gain 2 DU per photon, offset 100 DU, read noise 1.5 photons rms, background
 1 photon per pixel, no blur. Levels outside the training set's photon range
-(bigrestore.train.degrade.PHOTONS: [3, 100] for the models up to docs/benchmarks.md section 24,
-[3, 1000] since section 25) show how a model extrapolates to darker and brighter microscopes
-than it was trained for.
+(bigrestore.train.degrade.PHOTONS, [3, 100] for the bundled model) show how a model
+extrapolates to darker and brighter microscopes than it was trained for.
 
 Every level is restored as one TYX stack through `bigrestore run`'s own path (run defaults,
 levels per plane) and scored as benchmarks/quality_heldout.py scores: median PSNR after a
