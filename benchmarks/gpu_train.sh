@@ -32,7 +32,9 @@
 # GPU_TRAIN_FIELDS (24), GPU_TRAIN_SEED (6), GPU_TRAIN_CONFIG, GPU_TRAIN_WIDE_CONFIG,
 # GPU_TRAIN_LEGS ("bundled wide"; one name trains that leg alone, on all the loader processes),
 # GPU_TRAIN_INIT (the model the bundled leg starts from: bundled), GPU_TRAIN_STEPS (steps per
-# epoch set by hand: no probe).
+# epoch set by hand: no probe), GPU_TRAIN_PHOTONS (the synthetic images' photon range, e.g.
+# "3 1000"; default: make_training_set.py's, the bundled model's 3-100; docs/benchmarks.md
+# section 25: the bundled model loses to a Gaussian from about 100 photons up).
 set -uo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo" || exit 1
@@ -46,6 +48,7 @@ WIDE_CONFIG=${GPU_TRAIN_WIDE_CONFIG:-configs/gpu-wide-p128.yaml}
 LEGS=${GPU_TRAIN_LEGS:-bundled wide}
 INIT=${GPU_TRAIN_INIT:-bundled}
 STEPS=${GPU_TRAIN_STEPS:-}
+PHOTONS=${GPU_TRAIN_PHOTONS:-}
 . benchmarks/gpu_env.sh
 mkdir -p "$OUT"
 rm -rf "${WORK:?}"
@@ -75,10 +78,10 @@ else
 fi
 [ "$workers" -lt 1 ] && workers=1
 
-say "set: make_training_set.py from gpu_train/ (W2S fields 1-$FIELDS)"
+say "set: make_training_set.py from gpu_train/ (W2S fields 1-$FIELDS, photons ${PHOTONS:-default})"
 [ -e gpu_train/w2s/train_low.tif ] || { say "no gpu_train/: run benchmarks/gpu_data.py pack-train here and carry gpu_train"; exit 1; }
 timeout $((DEADLINE / 3)) "$PYTHON" benchmarks/make_training_set.py "$WORK/set" --data gpu_train \
-  --w2s-fields "$FIELDS" >>"$LOG" 2>&1 || { say "set failed"; exit 1; }
+  --w2s-fields "$FIELDS" ${PHOTONS:+--photons $PHOTONS} >>"$LOG" 2>&1 || { say "set failed"; exit 1; }
 pairs=()
 for entry in w2s_train:0.35 w2s_synth:0.15 cells3d_train:0.2 dsb_train:0.1 ctc_train:0.2; do
   name=${entry%%:*}
