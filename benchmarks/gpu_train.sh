@@ -58,6 +58,13 @@ LOG=$OUT/log.txt
 SECONDS=0
 say() { echo "[$SECONDS s] $*" | tee -a "$LOG"; }
 read -r -a names <<<"$LEGS"
+if [ -n "$PHOTONS" ]; then
+  read -r -a range <<<"$PHOTONS"
+  if [ "${#range[@]}" -ne 2 ]; then
+    say "GPU_TRAIN_PHOTONS='$PHOTONS': expected two numbers, LOW HIGH (e.g. \"3 1000\")"
+    exit 64
+  fi
+fi
 for name in "${names[@]}"; do
   case $name in
     bundled | wide) ;;
@@ -81,7 +88,7 @@ fi
 say "set: make_training_set.py from gpu_train/ (W2S fields 1-$FIELDS, photons ${PHOTONS:-default})"
 [ -e gpu_train/w2s/train_low.tif ] || { say "no gpu_train/: run benchmarks/gpu_data.py pack-train here and carry gpu_train"; exit 1; }
 timeout $((DEADLINE / 3)) "$PYTHON" benchmarks/make_training_set.py "$WORK/set" --data gpu_train \
-  --w2s-fields "$FIELDS" ${PHOTONS:+--photons $PHOTONS} >>"$LOG" 2>&1 || { say "set failed"; exit 1; }
+  --w2s-fields "$FIELDS" ${PHOTONS:+--photons "${range[@]}"} >>"$LOG" 2>&1 || { say "set failed"; exit 1; }
 pairs=()
 for entry in w2s_train:0.35 w2s_synth:0.15 cells3d_train:0.2 dsb_train:0.1 ctc_train:0.2; do
   name=${entry%%:*}

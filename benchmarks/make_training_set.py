@@ -185,6 +185,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     photons = (args.photons[0], args.photons[1])
+    if not 0 < photons[0] <= photons[1]:
+        parser.error(f"--photons: expected 0 < LOW <= HIGH, found {photons[0]:g} {photons[1]:g}")
     args.out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(args.seed)
     sets = w2s_sets(args.out, rng, args.data, args.w2s_fields, photons) + clean_sets(
@@ -196,6 +198,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     record = {
         "command": " ".join(["python", "benchmarks/make_training_set.py", *(argv or sys.argv[1:])]),
+        "photons_range": list(photons),
         "sets": sets,
         "noise_check_photons_p10_p50_p90": summary,
     }

@@ -3,8 +3,8 @@
     python benchmarks/photon_sweep.py WORK [--model MODEL] [--photons 1 3 10 30 100 300 1000]
 
 The held-out clean images of benchmarks/make_training_set.py (cells3d z 50-58 even, DSB rows
-384-511 as two 128 x 256 crops, CTC frames 25, 27, 29; no source image of them is in the
-bundled model's training data) are degraded with the documented camera model
+384-511 as two 128 x 256 crops, CTC frames 25, 27, 29; held out from the bundled model's
+training: other planes, rows and frames of the same sources are in it) are degraded with the documented camera model
 (bigrestore.train.degrade) at one fixed photon level at a time, as a 16-bit sCMOS-like camera
 would record them: gain 2 DU per photon, offset 100 DU, read noise 1.5 photons rms, background
 1 photon per pixel, no blur. Levels outside the training set's photon range

@@ -12,13 +12,14 @@ The model of a camera image (in photons, then digital units):
 
 P (photons between the clean image's 1st and 99.8th percentile) is drawn log-uniformly in
 [3, 100] by default: the W2S low-SNR frames measure 2.6-60 photons (median 14) by the same
-estimator (benchmarks/make_training_set.py prints both), so the range covers W2S and brighter
-microscopes. Brighter data than that is not restored well by a model trained on this range
-(docs/benchmarks.md section 25: above about 100 photons the bundled model loses to a Gaussian
-filter, at 1000 to the raw input), and 2,000 CPU steps on [3, 1000] did not change that; the
+estimator (benchmarks/make_training_set.py prints both), so the range covers W2S and somewhat
+brighter microscopes. Much brighter data is not restored well by a model trained on this range
+(docs/benchmarks.md section 25: from about 100 photons the bundled model loses to a Gaussian
+filter, from 300 to the raw input), and 2,000 CPU steps on [3, 1000] did not change that. The
 range is a parameter (``photons_range``, make_training_set.py ``--photons``) for longer
-trainings that include bright data. The target of a pair is the clean image itself (same optics: no deconvolution is
-asked for). Pure numpy; every draw comes from the caller's generator.
+trainings that include bright data. The target of a pair is the clean image itself (same
+optics: no deconvolution is asked for). Pure numpy; every draw comes from the caller's
+generator.
 """
 
 from __future__ import annotations
