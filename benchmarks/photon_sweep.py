@@ -4,10 +4,10 @@
 
 The held-out clean images of benchmarks/make_training_set.py (cells3d z 50-58 even, DSB rows
 384-511 as two 128 x 256 crops, CTC frames 25, 27, 29; held out from the bundled model's
-training: other planes, rows and frames of the same sources are in it) are degraded with the documented camera model
-(bigrestore.train.degrade) at one fixed photon level at a time, as a 16-bit sCMOS-like camera
-would record them: gain 2 DU per photon, offset 100 DU, read noise 1.5 photons rms, background
-1 photon per pixel, no blur. Levels outside the training set's photon range
+training: other planes, rows and frames of the same sources are in it) are degraded with the
+documented camera model (bigrestore.train.degrade) at one fixed photon level at a time, as a
+16-bit sCMOS-like camera would record them: gain 2 DU per photon, offset 100 DU, read noise
+1.5 photons rms, background 1 photon per pixel, no blur. Levels outside the training set's photon range
 (bigrestore.train.degrade.PHOTONS, [3, 100] for the bundled model) show how a model
 extrapolates to darker and brighter microscopes than it was trained for.
 
@@ -30,7 +30,7 @@ import tifffile
 
 from bigrestore.train.degrade import Degradation, degrade
 
-from quality_heldout import CROP, best_gaussian, centre, restore_stack, scores, unit
+from quality_heldout import CROP, centre, restore_stack, score_images
 from report import finish, markdown_table
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -70,15 +70,14 @@ def sweep_level(
     params = Degradation(photons=photons, dtype="uint16", **CAMERA)
     low = np.stack([degrade(plane, params, rng) for plane in clean])
     restored = restore_stack(work, f"photons_{photons:g}", low, args.model, args)
-    per = {"raw": [], "gaussian": [], "ddpm": [], "sigma": []}
-    for lo, hi, re, n in zip(low, clean, restored, rows, strict=True):
-        lo, hi, re = lo[:n], hi[:n], re[:n]
-        gt01 = unit(hi)
-        per["raw"].append(scores(lo, gt01)[0])
-        p, _, s = best_gaussian(lo, gt01)
-        per["gaussian"].append(p)
-        per["sigma"].append(s)
-        per["ddpm"].append(scores(re, gt01)[0])
+
+    def own(images: np.ndarray) -> list[np.ndarray]:
+        """Each crop's own rows: the DSB band's padding is not scored."""
+        return [image[:n] for image, n in zip(images, rows, strict=True)]
+
+    scored = score_images(own(low), own(clean), own(restored))
+    per = {k: [v[0] for v in scored[k]] for k in ("raw", "gaussian", "ddpm")}  # PSNR alone
+    per["sigma"] = scored["sigma"]
     margins = [d - g for d, g in zip(per["ddpm"], per["gaussian"], strict=True)]
     return {
         "photons": photons,

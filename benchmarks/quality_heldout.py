@@ -27,6 +27,7 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -114,6 +115,22 @@ def restore_stack(
     return np.asarray(open_image(out / "mean").data.compute())
 
 
+def score_images(
+    low: Iterable[np.ndarray], high: Iterable[np.ndarray], restored: Iterable[np.ndarray]
+) -> dict[str, list]:
+    """Per image: (PSNR, MS-SSIM) of the raw input ("raw"), the best Gaussian ("gaussian") and
+    the restoration ("ddpm") against the high image, and the Gaussian's sigma ("sigma")."""
+    per: dict[str, list] = {"raw": [], "gaussian": [], "ddpm": [], "sigma": []}
+    for lo, hi, re in zip(low, high, restored, strict=True):
+        gt01 = unit(hi)
+        per["raw"].append(scores(lo, gt01))
+        p, m, s = best_gaussian(lo, gt01)
+        per["gaussian"].append((p, m))
+        per["sigma"].append(s)
+        per["ddpm"].append(scores(re, gt01))
+    return per
+
+
 def score_set(
     work: Path,
     name: str,
@@ -128,14 +145,7 @@ def score_set(
     changes = {k: v for k, v in chosen.items() if v is not None}  # None: the run's default
     restored = restore_stack(work, name.split()[0].replace("/", "_"), low, model, args, **changes)
     seconds = time.perf_counter() - started
-    per = {"raw": [], "gaussian": [], "ddpm": [], "sigma": []}
-    for lo, hi, re in zip(low, high, restored, strict=True):
-        gt01 = unit(hi)
-        per["raw"].append(scores(lo, gt01))
-        p, m, s = best_gaussian(lo, gt01)
-        per["gaussian"].append((p, m))
-        per["sigma"].append(s)
-        per["ddpm"].append(scores(re, gt01))
+    per = score_images(low, high, restored)
     return {
         "set": name,
         "images": len(low),

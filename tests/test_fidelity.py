@@ -5,8 +5,8 @@ A clean confocal plane (cells3d, z 30, centre 128²) is turned into photon count
 Poisson noise and Gaussian read noise (sigma 1 photon) are added, and the result is stored as
 a microscope would: 16-bit with a gain of 100 and an offset of 500, 8-bit with a gain of 6 and
 an offset of 10, or float32 in arbitrary units. The clean image in the same units is the
-reference. The bundled model restores each with the run defaults (2 samples, 4 steps, batch 2 to keep
-the test short). Tolerance: the restored 5th, 50th and 95th percentiles lie within
+reference. The bundled model restores each with the run defaults (2 samples, 4 steps and
+batch 2, to keep the test short). Tolerance: the restored 5th, 50th and 95th percentiles lie within
 TOLERANCE of the reference's 1-99 % range from the reference's own (measured on an AMD EPYC,
 bf16: at most 0.022 with the generalist model bundled on 2026-11-30, 0.04 with the W2S-only
 model before it); the same check on the model's target units fails."""
@@ -69,7 +69,7 @@ def test_restored_intensities_match_the_clean_image_in_the_input_units(photons, 
         tmp_path / "in.zarr", stored(noisy, dtype, gain, offset), default_meta("yx")
     )
     reference = clean * gain + offset
-    # batch 2 = one tile x 2 samples: no padding to the CPU's default batch of 8 (4x the calls' cost)
+    # batch 2 = one tile x 2 samples: not padded to the CPU's default batch of 8 (4x the cost)
     settings = run_settings(samples=2, steps=4, batch=2)
     cluster = ClusterSpec(workers=1, threads_per_worker=1)
     result = restore(source, tmp_path / "out.zarr", settings=settings, cluster=cluster)

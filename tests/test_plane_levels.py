@@ -79,7 +79,7 @@ def time_lapse(tmp_path_factory):
 
 
 def restored_frames(source, out, per: str) -> tuple[np.ndarray, dict]:
-    # batch 2 = one tile x 2 samples: no padding to the CPU's default batch of 8 (4x the calls' cost)
+    # batch 2 = one tile x 2 samples: not padded to the CPU's default batch of 8 (4x the cost)
     settings = run_settings(samples=2, steps=4, batch=2, normalise_per=per)
     result = restore(source, out, settings=settings, cluster=ClusterSpec(workers=1))
     return open_image(out / "mean").data.compute().astype(np.float64), result.manifest
