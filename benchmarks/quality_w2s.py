@@ -2,14 +2,14 @@
 
 Run after benchmarks/train_w2s.sh has trained both models into WORKDIR:
 
-    python benchmarks/quality_w2s.py WORKDIR [--samples 15] [--fields 6] [--out docs/benchmarks-w2s.json]
+    python benchmarks/quality_w2s.py WORKDIR [--samples 15] [--fields 6] [--out docs/results/quality_w2s.json]
 
 Evaluation set: the W2S validation split (fields 061-080, 3 channels each), the centred 256x256
 crop of the first --fields fields (one 256² patch per image; the paper reports medians over
 256² patches). The Gaussian filter's sigma is tuned on the same crops of the *training* split.
 Every image is percentile-normalised on its own before scoring (the release was
 contrast-stretched per image). Both models run through `bigrestore run`'s real path (Dask,
-tiles of the model's training size, blending) with the run defaults, so the DDPM-avg row is
+tiles and blending) with the run defaults (tile: twice the model's training patch), so the DDPM-avg row is
 what a user gets; the report holds the samples curve (mean of the first k of N samples).
 The steps-vs-quality curve of the samplers is benchmarks/sampler_w2s.py.
 """
@@ -103,7 +103,7 @@ def main() -> None:
     parser.add_argument(
         "--fields", type=int, default=6, help="Validation fields used (of 20), 3 channels each."
     )
-    parser.add_argument("--out", type=Path, default=Path("docs/benchmarks-w2s.json"))
+    parser.add_argument("--out", type=Path, default=Path("docs/results/quality_w2s.json"))
     args = parser.parse_args()
     torch.manual_seed(0)
     work = args.work

@@ -13,7 +13,9 @@
 #       --seed 4                                                         # 128² patches; best: 4
 # Legs A and B ran before the config set target_frame low (they used the targets' own
 # percentiles); legs C-E trained in the low frame (docs/benchmarks.md sections 17, 19, 20).
-# The bundled weights are leg E's epoch 4: 17,500 steps of 16 patches of 64², then 5,000 steps
+# Leg E's epoch 4 was then continued on an H200 (benchmarks/gpu_train.sh: legs G1, G2; 4,304 steps
+# of 32 patches of 128², docs/benchmarks.md section 23); G2 is the bundled model. Leg E itself:
+# 17,500 steps of 16 patches of 64², then 5,000 steps
 # of 8 patches of 128²; 20 + 20 + 54 + 62 + 68 = 224 wall-clock minutes on both cores (leg D
 # shared them with benchmarks; alone, its 5,000 steps take about 35 minutes at 2.5 steps/s;
 # leg E ran at 1.4 steps/s).

@@ -23,26 +23,52 @@ P_HIGH = 99.8
 MAX_STAT_PIXELS = 4_000_000
 
 
+#: A plateau at the maximum counts as saturation only when it lies this far up the model space
+#: of the other pixels (+3: it would squeeze their range to under half). A plateau just above
+#: the rest (a contrast stretch that clipped a few noisy pixels, as in the W2S release) is left
+#: to the percentiles as before.
+SATURATION_ABOVE = 3.0
+#: Where a saturated pixel meets the network: at the top of the model's range, as bright as the
+#: brightest structure it was trained on (its true value is unknown, only >= the saturation).
+SATURATED_MODEL_VALUE = 1.0
+
+
 @dataclass(frozen=True)
 class Stats:
-    """Intensity levels that map to -1 (``low``) and +1 (``high``) in model space."""
+    """Intensity levels that map to -1 (``low``) and +1 (``high``) in model space, and the
+    input's saturation level (``saturated``) when its maximum was a plateau the levels left out."""
 
     low: float
     high: float
+    saturated: float | None = None
 
     def to_dict(self) -> dict[str, float]:
-        return {"low": float(self.low), "high": float(self.high)}
+        record = {"low": float(self.low), "high": float(self.high)}
+        if self.saturated is not None:
+            record["saturated"] = float(self.saturated)
+        return record
 
     @classmethod
     def from_dict(cls, d: dict[str, float]) -> Stats:
-        return cls(float(d["low"]), float(d["high"]))
+        saturated = d.get("saturated")
+        return cls(
+            float(d["low"]), float(d["high"]), None if saturated is None else float(saturated)
+        )
 
 
 def percentile_stats(
-    image: np.ndarray, p_low: float = P_LOW, p_high: float = P_HIGH, where: object = "image"
+    image: np.ndarray,
+    p_low: float = P_LOW,
+    p_high: float = P_HIGH,
+    where: object = "image",
+    saturation: bool = False,
 ) -> Stats:
     """Percentiles of ``image`` (any shape); a flat image gets a unit range to avoid dividing by 0.
 
+    With ``saturation``, a maximum shared by so many pixels that the upper percentile lands on it
+    and far above the other pixels (:data:`SATURATION_ABOVE`; an over-exposed cell) is left
+    out: the levels come from the other pixels, so the saturated cell does not squeeze the rest
+    of the image into a sliver of the model's range, and ``saturated`` records the level.
     Non-finite values make the percentiles meaningless: they are refused (BadInputError)."""
     values = np.asarray(image, dtype=np.float64).ravel()
     if values.size > MAX_STAT_PIXELS:
@@ -50,9 +76,29 @@ def percentile_stats(
     if values.size == 0 or not np.isfinite(values).all():
         raise BadInputError(describe(where, "pixels", "finite values", "NaN or inf (or no pixels)"))
     low, high = np.percentile(values, [p_low, p_high])
+    saturated = None
+    top = float(values.max())
+    if saturation and high >= top > low:
+        rest_low, rest_high = np.percentile(values[values < top], [p_low, p_high])
+        if (
+            rest_high > rest_low
+            and 2 * (top - rest_low) / (rest_high - rest_low) - 1 > SATURATION_ABOVE
+        ):
+            low, high, saturated = rest_low, rest_high, top
     if high - low < 1e-12:
         high = low + 1.0
-    return Stats(float(low), float(high))
+    return Stats(float(low), float(high), saturated)
+
+
+def to_network_input(image: np.ndarray, stats: Stats) -> np.ndarray:
+    """:func:`to_model` (a run's input as the network meets it). In a plane with a saturation
+    level, every value is capped at :data:`SATURATED_MODEL_VALUE`: the saturated pixels and
+    the bright rim around them, so the input stays monotone (a soft-edged cell is not fed as a
+    bright ring around a dimmer core)."""
+    model = to_model(image, stats)
+    if stats.saturated is None:
+        return model
+    return np.minimum(model, np.float32(SATURATED_MODEL_VALUE))
 
 
 def to_model(image: np.ndarray, stats: Stats) -> np.ndarray:
@@ -72,7 +118,7 @@ def after_fit(stats: Stats, a: float, b: float) -> Stats:
     a least-squares correction fitted in model space, folded into one plane's levels."""
     half = (stats.high - stats.low) / 2.0
     middle = stats.low + half + b * half
-    return Stats(float(middle - a * half), float(middle + a * half))
+    return Stats(float(middle - a * half), float(middle + a * half), stats.saturated)
 
 
 def std_from_model(std: np.ndarray, stats: Stats) -> np.ndarray:

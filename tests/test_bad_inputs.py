@@ -280,6 +280,8 @@ def test_read_only_output_location_is_refused_before_compute(scratch):
     locked = scratch / "locked"
     locked.mkdir()
     image(locked / "old.zarr", pixels[1])
+    old_run = zarr.open_group(str(locked / "old_run.zarr"), mode="w")  # what a run leaves
+    old_run.attrs["bigrestore"] = {"status": "complete", "outputs": ["mean"]}
     (locked / "trained").mkdir()
     (locked / "trained" / "metrics.csv").write_text("step\n")
     (locked / "empty").mkdir()
@@ -309,7 +311,7 @@ def test_read_only_output_location_is_refused_before_compute(scratch):
     ]
     commands = [
         [*run, locked / "new.zarr"],
-        [*run, locked / "old.zarr", "--overwrite"],
+        [*run, locked / "old_run.zarr", "--overwrite"],
         [*run, locked / "old.zarr", "--resume"],
         [*convert, locked / "new.zarr"],
         [*convert, locked / "old.zarr", "--overwrite"],
@@ -325,3 +327,56 @@ def test_read_only_output_location_is_refused_before_compute(scratch):
         assert "not writable" in output and str(locked) in output, f"{where}: {output}"
         assert "Traceback" not in output and len(output.strip().splitlines()) == 1
     assert (_snapshot(inputs), _snapshot(locked)) == before
+
+
+def test_a_channel_named_twice_or_absent_is_refused(tmp_path):
+    two = image(tmp_path / "two.zarr", np.zeros((2, 16, 16), np.uint16), "cyx")
+    one = image(tmp_path / "one.zarr", np.zeros((16, 16), np.uint16))
+    code, output = invoke(
+        "run",
+        two,
+        "-o",
+        tmp_path / "out.zarr",
+        "--channels",
+        "0,0",
+        "--model",
+        tiny_model(tmp_path / "m"),
+    )
+    assert code == 65 and "channel 0 twice" in output and not (tmp_path / "out.zarr").exists()
+    code, output = invoke("evaluate", one, one, "--channel", "3", "--patch", "0")
+    assert code == 65 and "no c axis" in output
+    code, output = invoke("evaluate", one, one, "--channel", "0", "--patch", "0", "--no-gaussian")
+    assert code == 0, output
+
+
+def test_overwrite_replaces_only_its_own_kind_of_output(tmp_path):
+    """run --overwrite must not delete a converted image (a user's input, -o pointed at it by
+    mistake), nor convert --overwrite a run's results."""
+    model = tiny_model(tmp_path / "m")
+    fast = ("--samples", 2, "--steps", 2, "--tile", 32, "--overlap", 8, "--workers", 1)
+    tifffile.imwrite(tmp_path / "a.tif", np.arange(32 * 32, dtype=np.uint16).reshape(32, 32))
+    assert invoke("convert", tmp_path / "a.tif", tmp_path / "a.zarr")[0] == 0
+    assert invoke("convert", tmp_path / "a.tif", tmp_path / "b.zarr")[0] == 0
+    before = tree_hash(tmp_path / "b.zarr")
+    code, output = invoke("run", tmp_path / "a.zarr", "-o", tmp_path / "b.zarr", "--overwrite",
+                          "--model", model, *fast)  # fmt: skip
+    assert code == 73 and "converted or registered image" in output
+    assert tree_hash(tmp_path / "b.zarr") == before
+    code, output = invoke("run", tmp_path / "a.zarr", "-o", tmp_path / "r.zarr", "--model", model,
+                          *fast)  # fmt: skip
+    assert code == 0, output
+    before = tree_hash(tmp_path / "r.zarr")
+    code, output = invoke("convert", tmp_path / "a.tif", tmp_path / "r.zarr", "--overwrite")
+    assert code == 73 and "a run's output" in output
+    assert tree_hash(tmp_path / "r.zarr") == before
+    code, output = invoke("convert", tmp_path / "a.tif", tmp_path / "b.zarr", "--overwrite")
+    assert code == 0, output  # its own kind: replaced
+
+
+def test_an_output_dtype_below_every_level_is_refused_before_writing(tmp_path):
+    values = 500 + np.arange(32 * 32, dtype=np.uint16).reshape(32, 32) % 200
+    source = image(tmp_path / "bright.zarr", values)
+    code, output = invoke("run", source, "-o", tmp_path / "out.zarr", "--dtype", "uint8",
+                          "--model", tiny_model(tmp_path / "m"))  # fmt: skip
+    assert code == 2 and "every pixel would clip" in output and "from 50" in output
+    assert not (tmp_path / "out.zarr").exists()

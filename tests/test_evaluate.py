@@ -274,3 +274,16 @@ def test_cli_exit_codes_with_one_line_messages(tmp_path, w2s):
     assert mismatch.output.strip().count("\n") == 0 and "shape" in mismatch.output
     lpips = _cli(w2s["low_crop"], w2s["high_crop"], "--lpips-weights", tmp_path / "alex.pth")
     assert lpips.exit_code == 2 and "torchvision" in lpips.output
+
+
+def test_default_patch_scores_planes_smaller_than_it_whole(tmp_path):
+    rng = np.random.default_rng(0)
+    truth = rng.random((90, 60)).astype(np.float32)
+    tifffile.imwrite(tmp_path / "gt.tif", truth)
+    tifffile.imwrite(tmp_path / "pred.tif", truth + 0.1 * rng.random((90, 60), np.float32))
+    default = _cli(tmp_path / "pred.tif", tmp_path / "gt.tif", "--no-gaussian", "--json",
+                   tmp_path / "s.json")  # fmt: skip
+    assert default.exit_code == 0, default.output
+    assert json.loads((tmp_path / "s.json").read_text())["settings"]["patch"] is None
+    explicit = _cli(tmp_path / "pred.tif", tmp_path / "gt.tif", "--patch", "256")
+    assert explicit.exit_code == 2 and "11..60" in explicit.output

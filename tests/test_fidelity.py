@@ -84,3 +84,57 @@ def test_restored_intensities_match_the_clean_image_in_the_input_units(photons, 
     restore(source, tmp_path / "target.zarr", settings=target, cluster=cluster)
     raw = open_image(tmp_path / "target.zarr" / "mean").data.compute().reshape(128, 128)
     assert percentile_error(raw.astype(np.float64), reference) > TOLERANCE
+
+
+def test_a_saturated_cell_leaves_the_rest_of_the_image_as_it_was(photons, tmp_path):
+    """A disk of the 16-bit image at 65535 (an over-exposed cell, 3 % of the pixels): without
+    care the 99.8th percentile lands on it and the rest of the plane meets the network squeezed
+    into a sliver of its range (the background came back at 0, under the camera offset). The
+    levels now leave the plateau out: outside the disk the restoration matches the one of the
+    same image unsaturated, and inside it the mean keeps the saturation level."""
+    clean, noisy = photons
+    dtype, gain, offset = CAMERAS["16-bit"]
+    image = stored(noisy, dtype, gain, offset)
+    yy, xx = np.mgrid[:128, :128]
+    disk = (yy - 40) ** 2 + (xx - 90) ** 2 < 13**2
+    saturated = image.copy()
+    saturated[disk] = 65535
+    settings = run_settings(samples=2, steps=4, batch=2)
+    cluster = ClusterSpec(workers=1, threads_per_worker=1)
+    means, manifests = {}, {}
+    for name, values in (("plain", image), ("saturated", saturated)):
+        source = write_image(tmp_path / f"{name}.zarr", values, default_meta("yx"))
+        out = tmp_path / f"{name}.restored.zarr"
+        manifests[name] = restore(source, out, settings=settings, cluster=cluster).manifest
+        means[name] = open_image(out / "mean").data.compute().reshape(128, 128).astype(np.float64)
+    reference = clean * gain + offset
+    lo, hi = np.percentile(reference, [1, 99])
+    outside = ~disk
+    assert percentile_error(means["saturated"][outside], reference[outside]) < TOLERANCE
+    change = np.abs(means["saturated"] - means["plain"])[outside]
+    assert np.median(change) < 0.02 * (hi - lo), np.median(change) / (hi - lo)
+    assert (means["saturated"][disk] == 65535).all()
+    assert manifests["saturated"]["input_statistics"]["0"]["saturated"] == 65535
+    note = manifests["saturated"]["saturation"]
+    assert note["pixels_this_run"] == int(disk.sum()) and "warning" in note
+    assert "saturated" not in manifests["plain"]["input_statistics"]["0"]
+    assert manifests["plain"]["saturation"] == {"channels": {}, "pixels_this_run": 0}
+
+
+def test_a_dim_integer_image_is_told_that_rounding_costs_detail(photons, tmp_path):
+    """A 16-bit camera at 0.2 DU per photon spans about 6 DU: the mean rounded to whole DU
+    loses detail that float32 keeps, and the run says so; a well-exposed one gets no note."""
+    from test_run import SETTINGS, tiny_model  # the note needs levels, not a good model
+
+    _, noisy = photons
+    model = tiny_model(tmp_path / "model")
+    cluster = ClusterSpec(workers=1, threads_per_worker=1)
+    notes = {}
+    for name, gain in (("dim", 0.2), ("bright", 100.0)):
+        values = stored(noisy, np.uint16, gain, 100.0)
+        source = write_image(tmp_path / f"{name}.zarr", values, default_meta("yx"))
+        out = tmp_path / f"{name}.out.zarr"
+        result = restore(source, out, model=model, settings=SETTINGS, cluster=cluster)
+        notes[name] = result.manifest["rounding"]
+    assert "float32" in notes["dim"]["warning"] and notes["dim"]["narrowest_range"] < 10
+    assert notes["bright"] == {}

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import zarr
 from click.testing import CliRunner
 from conftest import synthetic_nuclei
@@ -71,7 +72,7 @@ def test_plan_offers_the_options_of_run():
 
 def test_figures_are_the_runs_and_the_time_is_calibrated(stack, model, tmp_path):
     output = tmp_path / "out.zarr"
-    figures = plan_json(stack, "-o", output, "--model", model, *OPTIONS, "--calibration-calls", 2)
+    figures = plan_json(stack, "-o", output, "--model", model, *OPTIONS, "--timing-calls", 2)
     plan = make_plan(stack, output, model, SETTINGS, None, None, "cpu", 1)
     assert figures["blocks"] == len(plan.tasks) == 3 * 3 * 2
     assert figures["tiles"] == plan.cost.tiles
@@ -161,3 +162,47 @@ def test_a_calibration_that_cannot_run_is_refused_like_the_run(stack, model):
     )
     torch_cuda = "torch sees no CUDA device" in result.output
     assert result.exit_code == (2 if torch_cuda else 0), result.output
+
+
+def test_plan_says_what_run_would_refuse(stack, model, tmp_path):
+    """The figures stand, and the exit code is the one run would give for the location."""
+    inside = CliRunner().invoke(
+        cli,
+        [
+            "plan",
+            str(stack),
+            "-o",
+            str(stack / "out.zarr"),
+            "--model",
+            str(model),
+            *OPTIONS,
+            "--timing-calls",
+            "0",
+        ],  # fmt: skip
+    )
+    assert (
+        inside.exit_code == 73 and "blocks" in inside.output and "inside the input" in inside.output
+    )
+    assert not (stack / "out.zarr").exists()
+    existing = tmp_path / "existing.zarr"
+    CliRunner().invoke(
+        cli, ["run", str(stack), "-o", str(existing), "--model", str(model), *OPTIONS]
+    )
+    again = CliRunner().invoke(
+        cli,
+        [
+            "plan",
+            str(stack),
+            "-o",
+            str(existing),
+            "--model",
+            str(model),
+            *OPTIONS,
+            "--timing-calls",
+            "0",
+        ],  # fmt: skip
+    )
+    assert again.exit_code == 0 and "exists: run needs --overwrite or --resume" in again.output
+    if not torch.cuda.is_available():
+        gpus = CliRunner().invoke(cli, ["plan", str(stack), "--model", str(model), "--gpus", "1"])
+        assert gpus.exit_code == 2 and "GPU" in gpus.output

@@ -10,13 +10,23 @@ own units and better than with one volume-wide scale."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import tifffile
 from conftest import data_path
 
+import bigrestore
 from bigrestore.evaluate.metrics import fit_linear, psnr
-from bigrestore.intensity import Stats, after_fit, from_model, percentile_stats
+from bigrestore.intensity import (
+    SATURATED_MODEL_VALUE,
+    Stats,
+    after_fit,
+    from_model,
+    percentile_stats,
+    to_network_input,
+)
 from bigrestore.io.images import open_image
 from bigrestore.io.meta import default_meta
 from bigrestore.io.write import write_image
@@ -36,6 +46,52 @@ def test_a_fit_folded_into_levels_maps_like_the_fit_then_the_levels():
     x = np.linspace(-1.5, 1.5, 7)
     folded = after_fit(stats, 0.8, -0.1)
     assert np.allclose(from_model(x, folded), from_model(0.8 * x - 0.1, stats), rtol=1e-6)
+
+
+def test_a_saturation_plateau_is_left_out_of_the_levels():
+    rng = np.random.default_rng(0)
+    image = rng.normal(1000.0, 50.0, (200, 200)).round().clip(0, 4095)
+    plain = percentile_stats(image, saturation=True)
+    assert plain.saturated is None  # a lone maximum is not a plateau
+    assert plain == percentile_stats(image)
+    few = image.copy()
+    few.flat[:40] = 4095  # 0.1 % at the top: under the 0.2 % above the 99.8th percentile
+    assert percentile_stats(few, saturation=True).saturated is None
+    many = image.copy()
+    many[:20, :20] = 4095  # 1 %: the 99.8th percentile would land on it
+    assert percentile_stats(many).high == 4095
+    levels = percentile_stats(many, saturation=True)
+    assert levels.saturated == 4095
+    rest = many[many < 4095]
+    assert levels == Stats(*np.percentile(rest, [1, 99.8]), 4095)
+    assert Stats.from_dict(levels.to_dict()) == levels and "saturated" not in plain.to_dict()
+    assert after_fit(levels, 2.0, 0.1).saturated == 4095
+    network = to_network_input(many, levels)
+    assert (network[:20, :20] == SATURATED_MODEL_VALUE).all()
+    plain_network = to_network_input(many, Stats(levels.low, levels.high))
+    assert np.array_equal(network[20:], np.minimum(plain_network[20:], SATURATED_MODEL_VALUE))
+    assert network.max() == SATURATED_MODEL_VALUE  # monotone: no rim above the plateau
+    near = image.copy()
+    near[:20, :20] = 1200  # a plateau just above the rest (a stretch that clipped): left as is
+    assert percentile_stats(near, saturation=True) == percentile_stats(near)
+    assert percentile_stats(near).high == 1200
+    flat = np.full((10, 10), 7.0)
+    assert percentile_stats(flat, saturation=True) == Stats(7.0, 8.0)  # flat: no saturation
+
+
+def test_w2s_images_are_not_taken_for_saturated():
+    """The W2S release clipped each image's brightest noisy pixels at 255 (up to 0.5 % of a 256²
+    crop, so its 99.8th percentile can land on 255), but only just above the rest: the rule
+    leaves them alone, so the bundled model's W2S figures and its pinned outputs stay as they
+    were. Checked on every W2S validation plane, its 256² centre crop (the benchmarks') and the
+    bundled sample."""
+    planes = tifffile.imread(data_path("w2s/val_low.tif")).reshape(-1, 512, 512)
+    crops = [c for plane in planes for c in (plane, plane[128:384, 128:384])]
+    sample = tifffile.imread(Path(bigrestore.__file__).parent / "data/sample/w2s_val_low.tif")
+    assert np.percentile(sample, 99.8) == sample.max() == 255  # the plateau reaches it ...
+    crops.append(sample)
+    found = [percentile_stats(crop, saturation=True).saturated for crop in crops]
+    assert found == [None] * len(found)  # ... and is still no saturation
 
 
 def test_levels_are_per_plane_and_found_by_t_and_z(tmp_path):
@@ -106,3 +162,17 @@ def test_a_dim_frame_is_restored_at_its_own_levels(time_lapse, tmp_path):
     plane_db = fitted_psnr(per_plane[dim], reference[dim])
     volume_db = fitted_psnr(volume[dim], reference[dim])
     assert plane_db > volume_db + 1.0, (plane_db, volume_db)
+
+
+def test_resume_refuses_to_mix_blocks_levelled_with_and_without_saturation(tmp_path):
+    """A run interrupted before the saturation rule (its record has no saturated_levels) must
+    not be finished with it: its done blocks were normalised another way."""
+    from bigrestore.errors import IncompatibleModelError
+    from bigrestore.io.runstore import RunStore
+
+    store = RunStore(tmp_path / "out.zarr", "0.5")
+    record = {"input": "in.zarr", "model_sha256": "m", "settings": {}, "channels": [0]}
+    store.ensure_layout(record, [], (1,))
+    store.check_resume(record)  # same record: fine
+    with pytest.raises(IncompatibleModelError, match="saturated_levels"):
+        store.check_resume({**record, "saturated_levels": {"0": [65535.0]}})

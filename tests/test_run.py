@@ -314,3 +314,46 @@ def test_saved_samples_average_to_the_mean_and_tile_defaults_to_twice_the_traini
     mean = open_image(out / "mean").data.compute()
     np.testing.assert_allclose(np.mean(samples, axis=0), mean, rtol=1e-4, atol=1e-2)
     assert not np.array_equal(samples[0], samples[1])
+
+
+def test_outputs_keep_the_inputs_ngff_version_unless_asked(model, tmp_path):
+    """A 0.4 (zarr v2) input is opened by 0.4 viewers; its outputs are written as 0.4 too."""
+    values = np.random.default_rng(0).integers(0, 4000, (40, 40)).astype(np.uint16)
+    meta = ImageMeta("yx", (1.0, 1.0), (0.0, 0.0), (None, None))
+    source = write_image(tmp_path / "v04.zarr", values, meta, ngff_version="0.4")
+    cluster = ClusterSpec(workers=1)
+    inherited = restore(
+        source, tmp_path / "a.zarr", model=model, settings=SETTINGS, cluster=cluster
+    )
+    assert (
+        inherited.manifest["ngff_version"] == "0.4" and (tmp_path / "a.zarr" / ".zgroup").is_file()
+    )
+    assert open_image(tmp_path / "a.zarr" / "mean").ngff_version == "0.4"
+    asked = restore(source, tmp_path / "b.zarr", model=model, settings=SETTINGS, cluster=cluster,
+                    ngff_version="0.5")  # fmt: skip
+    assert asked.manifest["ngff_version"] == "0.5" and (tmp_path / "b.zarr" / "zarr.json").is_file()
+
+
+def test_channel_colours_and_windows_follow_the_data(model, tmp_path):
+    """The outputs show each channel in the input's OMERO colour (napari, vizarr), and a
+    converted 16-bit image opens with a window around its data, not 0-65535 (black)."""
+    values = np.random.default_rng(0).integers(100, 600, (2, 40, 40)).astype(np.uint16)
+    meta = ImageMeta("cyx", (1.0,) * 3, (0.0,) * 3, (None,) * 3, ("DAPI", "GFP"), "two",
+                     ("0000FF", "00FF00"))  # fmt: skip
+    source = write_image(tmp_path / "two.zarr", values, meta)
+    assert open_image(source).meta.channel_colors == ("0000FF", "00FF00")
+    out = tmp_path / "out.zarr"
+    restore(source, out, model=model, settings=SETTINGS, channels=("GFP",),
+            cluster=ClusterSpec(workers=1))  # fmt: skip
+    mean = open_image(out / "mean").meta
+    assert mean.channel_names == ("GFP",) and mean.channel_colors == ("00FF00",)
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "raw.tif", values[0])
+    result = CliRunner().invoke(
+        cli, ["convert", str(tmp_path / "raw.tif"), str(tmp_path / "raw.zarr")]
+    )
+    assert result.exit_code == 0, result.output
+    attrs = zarr.open_group(str(tmp_path / "raw.zarr"), mode="r").attrs
+    window = (attrs.get("ome") or dict(attrs))["omero"]["channels"][0]["window"]
+    assert 100 <= window["start"] < window["end"] < 600

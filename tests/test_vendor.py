@@ -143,6 +143,19 @@ def test_ome_tiff_round_trip_scenes_pixel_sizes_channels(tmp_path):
         np.testing.assert_array_equal(image.data.compute(), scenes[k])
 
 
+def test_ome_tiff_pixel_sizes_keep_the_files_unit(tmp_path):
+    """bioio hands on an OME-TIFF's sizes in the file's own unit: 200 nm must not become 200 µm."""
+    _plugin("bioio_ome_tiff")
+    source = tmp_path / "nm.ome.tif"
+    sizes = {"PhysicalSizeX": 200.0, "PhysicalSizeY": 210.0, "PhysicalSizeZ": 1500.0}
+    units = {key + "Unit": "nm" for key in sizes}
+    data = np.arange(3 * 20 * 30, dtype=np.uint16).reshape(3, 20, 30)
+    tifffile.imwrite(source, data, ome=True, metadata={"axes": "ZYX", **sizes, **units})
+    image = open_image(convert_image(source, tmp_path / "nm.zarr").path)
+    assert image.meta.units == ("nanometer",) * 3
+    np.testing.assert_allclose(image.meta.scale, (1500.0, 210.0, 200.0))
+
+
 def test_ome_tiff_without_bioio_falls_back_to_tifffile(tmp_path, monkeypatch):
     data = np.arange(2 * 30 * 20, dtype=np.uint16).reshape(2, 30, 20)
     source = tmp_path / "z.ome.tif"

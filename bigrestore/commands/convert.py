@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import click
@@ -10,17 +11,24 @@ import click
 @click.command("convert")
 @click.argument("source", type=click.Path(path_type=Path))
 @click.argument("destination", type=click.Path(path_type=Path))
-@click.option("--axes", help="Axes of a TIFF when its metadata has none, e.g. 'zyx', 'tcyx'.")
+@click.option(
+    "--axes",
+    help="Axes of a TIFF in the order the file stores them, when its metadata has none (e.g. "
+    "'zyx', 'tcyx') or names them wrongly (e.g. 'tyx' for a time-lapse saved as a z-stack). "
+    "bigrestore reorders to NGFF's t, c, z, y, x itself.",
+)
 @click.option(
     "--scene",
-    help="Scene of a multi-scene CZI / ND2 / LIF / OME-TIFF file: index or name [default: 0].",
+    help="Scene of a multi-scene CZI / ND2 / LIF / OME-TIFF file (index or name), or series of "
+    "a plain TIFF (index) [default: 0].",
 )
 @click.option(
     "--pixel-size",
     "pixel_size",
     multiple=True,
     metavar="AXIS=SIZE",
-    help="Physical pixel size in micrometers, e.g. --pixel-size x=0.1 --pixel-size y=0.1.",
+    help="Physical pixel size: micrometers for z, y, x, seconds for t, e.g. --pixel-size x=0.1 "
+    "--pixel-size y=0.1 (replaces the file's value for that axis).",
 )
 @click.option(
     "--ngff-version",
@@ -30,11 +38,7 @@ import click
     help="0.5 writes zarr v3; 0.4 writes zarr v2 for older viewers.",
 )
 @click.option("--chunk", default=512, show_default=True, help="Chunk size in Y and X.")
-@click.option(
-    "--overwrite",
-    is_flag=True,
-    help="Replace DESTINATION if it exists (only a store bigrestore wrote).",
-)
+@click.option("--overwrite", is_flag=True, help="Replace DESTINATION if convert wrote it.")
 def command(
     source: Path,
     destination: Path,
@@ -100,4 +104,8 @@ def parse_pixel_sizes(items: tuple[str, ...]) -> dict[str, float]:
             raise click.BadParameter(
                 f"size must be a number, found {value!r}", param_hint="--pixel-size"
             ) from exc
+        if not math.isfinite(sizes[axis]) or sizes[axis] <= 0:
+            raise click.BadParameter(
+                f"expected a positive size for {axis}, found {value!r}", param_hint="--pixel-size"
+            )
     return sizes

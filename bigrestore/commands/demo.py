@@ -70,7 +70,9 @@ def command(
     """Restore the bundled real sample with the bundled model and write an HTML report.
 
     The sample is a 256x256 crop of a W2S validation field (widefield, single frame "avg1"
-    as input, 400-frame average as ground truth). The defaults are those of `bigrestore run`.
+    as input, 400-frame average as ground truth). Samples, steps and sampler default to those of
+    `bigrestore run`; the demo runs one worker with all cores as its threads and also saves the
+    samples (OUT/restored.zarr/samples).
     """
     from bigrestore.run.settings import bundled_model_path
 

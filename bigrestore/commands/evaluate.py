@@ -74,10 +74,16 @@ OPTIONS = [
         "--report", "report_dir", type=click.Path(path_type=Path), help="Write an HTML report here."
     ),
     click.option(
-        "--patch", default=256, show_default=True, help="Patch side in pixels; 0 = whole planes."
+        "--patch",
+        type=int,
+        default=None,
+        help="Patch side in pixels; 0 = whole planes [default: 256, or whole planes when they "
+        "are smaller].",
     ),
     click.option(
         "--normalize",
+        "--normalise",
+        "normalize",
         type=click.Choice(NORMALIZE),
         default="percentile",
         show_default=True,
@@ -109,6 +115,7 @@ OPTIONS = [
     click.option(
         "--lpips-weights",
         type=click.Path(path_type=Path),
+        hidden=True,
         help="Not supported (needs torchvision); LPIPS is reported as not computed.",
     ),
     click.option(
@@ -141,7 +148,7 @@ def command(
     names: str | None,
     raw: Path | None,
     report_dir: Path | None,
-    patch: int,
+    patch: int | None,
     normalize: str,
     data_range: float | None,
     channel: str | None,
@@ -179,7 +186,7 @@ def command(
         raw=raw,
         normalize=normalize,
         data_range=data_range,
-        patch=patch or None,
+        patch="auto" if patch is None else (patch or None),
         channel=int(channel) if channel and channel.isdigit() else channel,
         planes=_planes(planes),
         report_dir=report_dir,
@@ -204,7 +211,7 @@ def command(
 def _check_arguments(
     paths: tuple[Path, ...],
     names: str | None,
-    patch: int,
+    patch: int | None,
     csv_path: Path | None,
     json_path: Path | None,
     overwrite: bool,
@@ -214,7 +221,7 @@ def _check_arguments(
 
     if len(paths) < 2:
         raise click.UsageError("expected PRED GT [PRED2 ...]")
-    if patch < 0:
+    if patch is not None and patch < 0:
         raise click.BadParameter("must be >= 0", param_hint="--patch")
     for path in (csv_path, json_path):
         if path is not None:

@@ -52,7 +52,9 @@ def option_name(decorator: Any) -> str:
 
 OPTIONS = [o for o in RUN_OPTIONS if option_name(o) not in NOT_PLANNED] + [
     option(
+        "--timing-calls",
         "--calibration-calls",
+        "calibration_calls",
         section="Estimate",
         type=click.IntRange(min=0),
         default=5,
@@ -91,7 +93,9 @@ def command(input_path: Path, **opts: Any) -> None:
         opts["gpus"], opts["workers"], opts["scheduler"], opts["threads_per_worker"]
     )
     device = "cuda" if cluster.gpus else opts["device"]
+    check_device(cluster.gpus, device)  # what run refuses first, and nothing to time on
     output = opts["output"] or default_output(input_path)
+    refusal = output_refusal(input_path, output)
     channels = tuple(opts["channels"].split(",")) if opts["channels"] else None
     plan = make_plan(
         input_path, output, opts["model"], settings, channels, opts["series"], device,
@@ -116,8 +120,37 @@ def command(input_path: Path, **opts: Any) -> None:
             and not opts["allow_missing_chunks"]
         ),
         plan_seconds=round(time.perf_counter() - started, 2),
+        run_would_refuse=str(refusal) if refusal else None,
+        output_exists=output.exists(),
     )
     click.echo(json.dumps(figures, indent=2) if opts["as_json"] else "\n".join(lines(figures)))
+    if refusal is not None:  # the figures stand; the exit code is the one run would give
+        raise refusal
+
+
+def check_device(gpus: int, device: str) -> None:
+    """Refuse, as run does, GPUs or a CUDA device that torch does not see."""
+    from bigrestore.devices import pick_device
+    from bigrestore.run.cluster import check_gpus
+
+    if gpus:
+        check_gpus(gpus)
+    elif device.startswith("cuda"):
+        pick_device(device)
+
+
+def output_refusal(input_path: Path, output: Path) -> Any:
+    """The error run would give for this output location whatever its options (inside the
+    input, not bigrestore's to replace, not writable, locked by a run ...), or None. That it
+    exists is no refusal here: run takes --overwrite or --resume for it (a line says so)."""
+    from bigrestore.errors import BigrestoreError
+    from bigrestore.run.restore import check_paths
+
+    try:
+        check_paths(input_path, output, resume=False, overwrite=True)
+    except BigrestoreError as exc:
+        return exc
+    return None
 
 
 def scheduler_workers(address: str) -> int:
@@ -175,8 +208,12 @@ def lines(f: dict[str, Any]) -> list[str]:
     cal = f["calibration"]
     unmeasured = "; the process and network not measured" if cal is None else ""
     out.append(f"  memory per worker    ~{human_bytes(memory['peak'])} peak ({parts}{unmeasured})")
+    if f["output_exists"] and not f["run_would_refuse"]:
+        out.append(
+            f"  output               {f['output']} exists: run needs --overwrite or --resume"
+        )
     if cal is None:
-        out.append("  time                 not estimated (--calibration-calls 0)")
+        out.append("  time                 not estimated (--timing-calls 0)")
         return out
     sec = f["seconds"]
     out += [

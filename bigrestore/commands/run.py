@@ -29,13 +29,14 @@ def command(input_path: Path, **opts: Any) -> None:
     """Restore an OME-Zarr image tile by tile on a Dask cluster.
 
     Writes OUTPUT/mean, OUTPUT/std and OUTPUT/entropy, each a multiscale OME-Zarr image with the
-    input's axes and pixel size. Every tile is sampled N times with noise keyed by its position,
+    input's axes and pixel size (with a calibrated model also std_calibrated, lower and upper;
+    OUTPUT/skipped marks background tiles that got one estimate; docs/output-layout.md). Every tile is sampled N times with noise keyed by its position,
     so the result does not depend on the number of workers. Interrupted runs continue with
     --resume.
 
     \b
     Examples:
-      bigrestore run stack.zarr --samples 4 --steps 20          # quicker, rougher
+      bigrestore run stack.zarr --samples 4                    # quicker, rougher
       bigrestore run slide.zarr --gpus 4 --samples 15           # one worker per GPU
       bigrestore run slide.zarr --scheduler tcp://10.0.0.5:8786 # existing cluster
     """
@@ -82,7 +83,7 @@ def report(result: Any, dtype: str) -> None:
         f"restored {result.blocks_done_now}/{result.blocks_total} blocks, {result.tiles} tiles "
         f"in {result.seconds:.1f} s ({tiles_per_s:.2f} tiles/s)"
     )
-    for section in ("sampling", "entropy"):
+    for section in ("sampling", "entropy", "saturation", "rounding"):
         warning = result.manifest.get(section, {}).get("warning")
         if warning:
             click.echo(f"note: {warning}", err=True)

@@ -96,7 +96,9 @@ OPTIONS = [
         section=SAMPLING,
         default=8,
         show_default=True,
-        help="Samples per tile N; the mean is DDPM-avg, std/entropy their spread (paper: 15).",
+        help="Samples per tile N: the output mean is their average (the paper's DDPM-avg), std and "
+        "entropy their spread. Time grows with N; past 8 the bundled model's mean barely changes "
+        "(paper: 15).",
     ),
     option(
         "--sampler",
@@ -104,7 +106,7 @@ OPTIONS = [
         type=click.Choice(_sampler_choices()),
         default="ddim",
         show_default=True,
-        help="ancestral = the paper's Eq. 7 with all T steps (slow).",
+        help="ddim (default: 8 steps, eta 1); ancestral = the paper's Eq. 7 with all T steps (slow, the reference); dpmpp_2m = DPM-Solver++(2M), deterministic; estimate = one clean-image estimate, re-noised to --start, then the remaining DDIM steps.",
     ),
     option(
         "--steps",
@@ -121,7 +123,7 @@ OPTIONS = [
         type=float,
         default=1.0,
         show_default=True,
-        help="DDIM stochasticity: 1 = DDPM posterior noise (robust), 0 = deterministic.",
+        help="DDIM stochasticity: 1 = fresh noise at every step, as the paper's DDPM sampler (robust; samples differ, so std/entropy mean something), 0 = deterministic.",
     ),
     option(
         "--skip-background",
@@ -129,8 +131,9 @@ OPTIONS = [
         type=click.Choice(["auto", "off"]),
         default="auto",
         show_default=True,
-        help="Give tiles of pure background one first estimate instead of N samples (needs a model with a "
-        "one-call estimate, e.g. objective v); OUTPUT/skipped records where.",
+        help="Give tiles of pure background one network call (a direct estimate of the clean tile) "
+        "instead of N samples; needs a model that can estimate in one call (objective v, the "
+        "bundled one). OUTPUT/skipped records where.",
     ),
     option(
         "--background",
@@ -170,7 +173,7 @@ OPTIONS = [
         section=CLUSTER,
         type=int,
         default=None,
-        help="CPU Dask workers [default: one per usable core].",
+        help="CPU Dask workers [default: usable cores / --threads-per-worker].",
     ),
     option(
         "--threads-per-worker",
@@ -195,6 +198,7 @@ OPTIONS = [
         type=click.Choice(["auto", "cpu", "cuda"]),
         default="auto",
         show_default=True,
+        help="Where each worker runs the network: auto = its GPU when torch sees one, else the CPU.",
     ),
     option(
         "--precision",
@@ -294,7 +298,8 @@ OPTIONS = [
         section=ADVANCED,
         type=click.Choice(["0.4", "0.5"]),
         default=None,
-        help="0.5 (zarr v3, default) or 0.4 (zarr v2); --resume keeps the store's.",
+        help="0.5 (zarr v3) or 0.4 (zarr v2) [default: the input's version]; --resume keeps the "
+        "store's.",
     ),
 ]
 

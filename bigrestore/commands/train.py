@@ -97,7 +97,9 @@ RUN_OPTIONS = _options(
         "--objective",
         type=RegistryChoice(_objective_names),
         default=None,
-        help="Override the config: diffusion (the paper) or regression (one-pass, CARE-like).",
+        help="Override the config: v (diffusion predicting v, the bundled model's; few sampler "
+        "steps suffice), diffusion (the paper's noise prediction; needs ~50 steps) or regression "
+        "(one pass, CARE-like; no uncertainty).",
     ),
     click.option(
         "--channel",

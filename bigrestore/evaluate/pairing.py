@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 
 P_LOW, P_HIGH = 0.1, 99.9
 RESERVED = ("raw", "gaussian", "gt")
+#: The patch side of ``patch="auto"``: the paper reports medians over 256² test patches.
+AUTO_PATCH = 256
 """Method names taken by the baselines and the GT."""
 _UNIT_SYMBOLS = {"micrometer": "µm", "nanometer": "nm", "millimeter": "mm"}
 _TIFF_AXES = {2: "yx", 3: "tyx", 4: "tcyx", 5: "tczyx"}
@@ -116,6 +118,8 @@ def load_stack(path: str | Path, channel: int | str | None = None) -> PlaneStack
             )
         data = data[(slice(None),) * axes.index("c") + (index,)]
         axes = axes.replace("c", "")
+    elif channel is not None and str(channel) not in ("0", *(meta.channel_names or ())):
+        raise BadInputError(describe(path, "channel", "0 (the image has no c axis)", channel))
     ix = meta.axes.index("x")
     unit = meta.units[ix]
     if meta.pixel_size("y") != meta.pixel_size("x"):
@@ -187,7 +191,8 @@ class Inputs:
     """Every input of one evaluation, opened lazily and paired with the GT ``truth``.
 
     ``preds`` by method name; ``maps`` the "std" / "entropy" maps given; ``data_range`` the L
-    of PSNR/SSIM; ``planes`` the GT plane indices selected for scoring.
+    of PSNR/SSIM; ``planes`` the GT plane indices selected for scoring; ``patch`` the patch
+    side (None: whole planes), "auto" resolved against the GT's planes.
     """
 
     truth: PlaneStack
@@ -196,6 +201,7 @@ class Inputs:
     maps: dict[str, PlaneStack]
     data_range: float
     planes: list[int]
+    patch: int | None
 
 
 def open_inputs(
@@ -206,7 +212,7 @@ def open_inputs(
     raw: str | Path | None,
     normalize: str,
     data_range: float | None,
-    patch: int | None,
+    patch: int | str | None,
     channel: int | str | None,
     planes: Sequence[int] | None,
     maps: dict[str, str | Path | None],
@@ -235,6 +241,8 @@ def open_inputs(
     selected = list(range(truth.n)) if planes is None else [int(i) for i in planes]
     if not selected or any(not 0 <= i < truth.n for i in selected):
         raise UsageError(describe("--planes", "indices", f"within 0..{truth.n - 1}", selected))
+    if patch == "auto":
+        patch = AUTO_PATCH if min(truth.yx) >= AUTO_PATCH else None
     if patch is not None and not 11 <= patch <= min(truth.yx):
         found = f"{patch} for {truth.yx[0]}x{truth.yx[1]} planes"
         raise UsageError(
@@ -242,7 +250,7 @@ def open_inputs(
         )
     if samples is not None:
         open_samples(samples, truth, channel)  # refuse a bad layout before computing
-    return Inputs(truth, stacks, raw_stack, map_stacks, L, selected)
+    return Inputs(truth, stacks, raw_stack, map_stacks, L, selected, patch)
 
 
 # ----------------------------------------------------------------------------- intensity scale

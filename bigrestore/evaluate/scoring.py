@@ -304,7 +304,7 @@ def evaluate(
     raw: str | Path | None = None,
     normalize: str = "percentile",
     data_range: float | None = None,
-    patch: int | None = 256,
+    patch: int | str | None = 256,
     channel: int | str | None = None,
     planes: Sequence[int] | None = None,
     report_dir: str | Path | None = None,
@@ -322,7 +322,8 @@ def evaluate(
     """Score ``preds`` (and the raw / Gaussian baselines) against ``gt``; see the module doc.
 
     planes: indices into the GT's flattened planes (default all). patch: side in pixels, None
-    for whole planes. samples: N individual samples (a directory of N images, e.g. the
+    for whole planes, "auto" for 256 where the planes are that large and whole planes where
+    they are smaller (the command line's default). samples: N individual samples (a directory of N images, e.g. the
     OUT.zarr/samples of ``bigrestore run --save-samples``, or one sample-major image) for the
     samples curve. gaussian_oracle: also score the Gaussian with the best sigma per image
     (chosen with the GT; needs ``raw``). regions: (plane, y, x, size) crops shown in the
@@ -358,16 +359,16 @@ def evaluate(
         prepare_report_dir(Path(report_dir), overwrite)
     shown = crops if report_dir is not None else []
     oracle: dict[int, float] | None = {} if gaussian_oracle and inputs.raw else None
-    rows, figures = _score_planes(inputs, scored, normalize, patch, gaussian, shown, oracle)
+    rows, figures = _score_planes(inputs, scored, normalize, inputs.patch, gaussian, shown, oracle)
     paths = {"raw": raw, "model": model_dir, **maps}
-    settings = _settings(inputs, scored, gaussian, paths, normalize, patch, channel)
+    settings = _settings(inputs, scored, gaussian, paths, normalize, inputs.patch, channel)
     if oracle is not None:
         settings["gaussian_oracle"] = {"criterion": ORACLE_CRITERION, "sigmas": oracle}
     result = _result(inputs, rows, settings, notes, training, oracle is not None)
     if samples is not None:
         L = inputs.data_range
         result.samples_curve = samples_curve(
-            samples, inputs.truth, scored, normalize, L, patch, channel
+            samples, inputs.truth, scored, normalize, L, inputs.patch, channel
         )
     if report_dir is not None:
         result.report = write_report(Path(report_dir), result.to_dict(), figures)

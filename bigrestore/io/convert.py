@@ -23,8 +23,20 @@ import zarr
 from bigrestore.errors import BadInputError, MissingInputError, UsageError, describe
 from bigrestore.io.meta import ImageMeta, normalise_unit, validate_axes
 from bigrestore.io.paths import prepare_output
-from bigrestore.io.vendor import FORMATS, open_vendor, reader_installed, vendor_suffix
-from bigrestore.io.write import create_level0, finalize_image, mark_written, write_image
+from bigrestore.io.vendor import (
+    FORMATS,
+    open_vendor,
+    reader_installed,
+    select_scene,
+    vendor_suffix,
+)
+from bigrestore.io.write import (
+    create_level0,
+    finalize_image,
+    mark_written,
+    removed_on_failure,
+    write_image,
+)
 
 log = logging.getLogger(__name__)
 
@@ -75,17 +87,99 @@ def _lazy_series(series: Any) -> da.Array:
     return da.from_zarr(array)
 
 
+def series_names(tif: tifffile.TiffFile) -> tuple[str, ...]:
+    """A name per image series of a TIFF (shape and axes), for --scene and the closing note."""
+    return tuple(
+        f"series {i}: {s.axes} {'x'.join(map(str, s.shape))}" for i, s in enumerate(tif.series)
+    )
+
+
+def check_complete(tif: tifffile.TiffFile, series: Any, path: Path) -> None:
+    """Refuse a TIFF cut short before anything is written. tifffile falls back to a generic
+    series when the file's ImageJ or "shaped" metadata no longer matches its pages (it does
+    so exactly when pages are missing); a contiguous series (one IFD, e.g. ImageJ stacks over
+    4 GB) must end within the file, and every page's data within its own file."""
+    described = "imagej" if tif.is_imagej else "shaped" if tif.is_shaped else None
+    if described and series.kind != described:
+        raise BadInputError(
+            describe(
+                path,
+                "pages",
+                f"the stack its {described} metadata describes",
+                f"a {series.kind} series of shape {series.shape} (a file cut short?)",
+            )
+        )
+    size = path.stat().st_size
+    if series.dataoffset is not None and series.dataoffset + series.nbytes > size:
+        raise BadInputError(
+            describe(
+                path,
+                "pixel data",
+                f"within the file's {size} bytes",
+                f"data ending at byte {series.dataoffset + series.nbytes} (a file cut short?)",
+            )
+        )
+    try:
+        pages = list(series.pages)
+    except (tifffile.TiffFileError, IndexError, ValueError, OSError) as exc:
+        raise BadInputError(describe(path, "file", "a complete TIFF", repr(exc))) from exc
+    for index, page in enumerate(pages):
+        if page is None or not hasattr(page, "dataoffsets"):
+            continue
+        own = page.parent.filehandle.size  # a multi-file OME-TIFF: the page's own file
+        ends = [o + c for o, c in zip(page.dataoffsets, page.databytecounts, strict=False)]
+        if ends and max(ends) > own:  # (empty tiles may have no bytes: not a defect)
+            raise BadInputError(
+                describe(
+                    path,
+                    f"page {index}",
+                    f"pixel data within its file's {own} bytes",
+                    f"data ending at byte {max(ends)} (a file cut short?)",
+                )
+            )
+
+
+@dataclass(frozen=True)
+class Converted:
+    """What :func:`convert_image` wrote: the store, and which scene of a multi-scene vendor
+    file, or series of a TIFF, it holds (``scenes`` empty when the file has only one)."""
+
+    path: Path
+    scene: int = 0
+    scenes: tuple[str, ...] = ()
+
+
 def read_tiff(path: str | Path, axes: str | None = None) -> tuple[da.Array, ImageMeta]:
-    """Open a TIFF lazily; return the data in NGFF axis order and its metadata."""
+    """Open a TIFF's first series lazily: its data in NGFF axis order and its metadata."""
+    data, meta, _ = read_tiff_series(path, axes)
+    return data, meta
+
+
+def read_tiff_series(
+    path: str | Path, axes: str | None = None, scene: int | str | None = None
+) -> tuple[da.Array, ImageMeta, Converted]:
+    """Open one series of a TIFF (``scene``: its index, default 0) lazily: its data in NGFF
+    axis order, its metadata, and which series of the file's it is (``Converted`` without a
+    path; ``scenes`` only when there are several). Refused before anything is written:
+    unreadable or truncated files, a series that is not there, unknown axes, and an ``axes``
+    that only reorders the file's own axis names (NGFF order is bigrestore's job; a
+    relabelling is not)."""
     path = Path(path)
     if not path.is_file():
         raise MissingInputError(f"{path}: no such file")
     try:
         tif = tifffile.TiffFile(path)
-    except (tifffile.TiffFileError, OSError) as exc:
+        if not tif.series:
+            raise BadInputError(describe(path, "file", "a TIFF with an image", "no image series"))
+        names = series_names(tif)
+        index = select_scene(path, names, scene)
+        series = tif.series[index]
+    except (tifffile.TiffFileError, OSError, IndexError, ValueError) as exc:
         raise BadInputError(describe(path, "file", "a readable TIFF", repr(exc))) from exc
-    series = tif.series[0]
+    check_complete(tif, series, path)
     file_axes = series.axes.upper()
+    if axes is not None:
+        check_axes_option(path, axes, file_axes, series.shape)
     if axes is None:
         unknown = [a for a in file_axes if a not in TIFF_AXES]
         if unknown or len(set(TIFF_AXES[a] for a in file_axes)) != len(file_axes):
@@ -96,12 +190,6 @@ def read_tiff(path: str | Path, axes: str | None = None) -> tuple[da.Array, Imag
         source_axes = "".join(TIFF_AXES[a] for a in file_axes)
     else:
         source_axes = axes.lower()
-        if len(source_axes) != len(series.shape):
-            raise BadInputError(
-                describe(
-                    path, "--axes", f"{len(series.shape)} letters for shape {series.shape}", axes
-                )
-            )
     if sorted(source_axes) != sorted(set(source_axes)):
         raise BadInputError(describe(path, "axes", "distinct axis names", source_axes))
     data = _lazy_series(series)
@@ -118,7 +206,27 @@ def read_tiff(path: str | Path, axes: str | None = None) -> tuple[da.Array, Imag
         channel_names=channel_names,
         name=path.name.split(".")[0],
     )
-    return data, meta
+    return data, meta, Converted(path, index, names if len(names) > 1 else ())
+
+
+def check_axes_option(path: Path, axes: str, file_axes: str, shape: tuple[int, ...]) -> None:
+    """``--axes`` must name t/c/z/y/x once each, one per dimension, and must not merely reorder
+    the axis names the file already gives (that reads as the wanted output order, which would
+    swap dimensions silently)."""
+    letters = axes.lower()
+    if any(a not in "tczyx" for a in letters) or len(set(letters)) != len(letters):
+        raise BadInputError(describe(path, "--axes", "distinct letters from t, c, z, y, x", axes))
+    if len(letters) != len(shape):
+        raise BadInputError(
+            describe(path, "--axes", f"{len(shape)} letters for shape {shape}", axes)
+        )
+    known = "".join(TIFF_AXES.get(a, "?") for a in file_axes)
+    if "?" not in known and letters != known and sorted(letters) == sorted(known):
+        raise BadInputError(
+            describe(path, "--axes", f"the file's own order, {known} (as stored)", axes)
+            + "; --axes names the dimensions in the order the file stores them and bigrestore "
+            "reorders them to t, c, z, y, x: drop --axes, or give other names to relabel"
+        )
 
 
 def convert_tiff(
@@ -129,28 +237,40 @@ def convert_tiff(
     chunks: int = 512,
     overwrite: bool = False,
     pixel_size: dict[str, float] | None = None,
-) -> Path:
-    """Convert one TIFF file into a multiscale OME-Zarr image (the TIFF is only read)."""
-    data, meta = read_tiff(source, axes)
+    scene: int | str | None = None,
+) -> Converted:
+    """Convert one series of a TIFF file (default the first) into a multiscale OME-Zarr image
+    (the TIFF is only read)."""
+    data, meta, which = read_tiff_series(source, axes, scene)
     meta = with_pixel_size(meta, pixel_size)
-    return write_image(
+    path = write_image(
         destination,
         data,
         meta,
         ngff_version=ngff_version,
         chunks=plane_chunks(meta.axes, data.shape, chunks),
         overwrite=overwrite,
+        window="auto",  # each channel's robust range: a viewer opens the raw data visible
     )
+    return Converted(path, which.scene, which.scenes)
 
 
 def with_pixel_size(meta: ImageMeta, pixel_size: dict[str, float] | None) -> ImageMeta:
-    """``meta`` with the ``--pixel-size`` overrides (micrometer for z/y/x without a unit)."""
+    """``meta`` with the ``--pixel-size`` overrides: micrometer for z/y/x, second for t (the
+    units the option documents, replacing the file's unit for those axes)."""
     if not pixel_size:
         return meta
+    missing = sorted(set(pixel_size) - set(meta.axes))
+    if missing:
+        raise UsageError(
+            describe(
+                meta.name, "--pixel-size", f"axes of the image ({meta.axes})", ",".join(missing)
+            )
+        )
     scale = tuple(pixel_size.get(a, s) for a, s in zip(meta.axes, meta.scale, strict=True))
+    given = {"t": "second", "z": "micrometer", "y": "micrometer", "x": "micrometer"}
     units = tuple(
-        (u or "micrometer") if a in pixel_size and a in "zyx" else u
-        for a, u in zip(meta.axes, meta.units, strict=True)
+        given[a] if a in pixel_size else u for a, u in zip(meta.axes, meta.units, strict=True)
     )
     return ImageMeta(meta.axes, scale, meta.translation, units, meta.channel_names, meta.name)
 
@@ -158,16 +278,6 @@ def with_pixel_size(meta: ImageMeta, pixel_size: dict[str, float] | None) -> Ima
 def plane_chunks(axes: str, shape: tuple[int, ...], yx: int) -> tuple[int, ...]:
     """One plane per chunk on t/c/z, ``yx`` squares (clipped to the shape) in Y and X."""
     return tuple(min(n, yx) if a in "yx" else 1 for a, n in zip(axes, shape, strict=True))
-
-
-@dataclass(frozen=True)
-class Converted:
-    """What :func:`convert_image` wrote: the store, and for vendor files the scene converted
-    out of the file's scenes (empty for TIFF)."""
-
-    path: Path
-    scene: int = 0
-    scenes: tuple[str, ...] = ()
 
 
 def uses_bioio(source: str | Path, axes: str | None) -> bool:
@@ -194,12 +304,10 @@ def convert_image(
     """Convert one microscope file (TIFF, OME-TIFF, CZI, ND2, LIF) into multiscale OME-Zarr;
     the source is only read. ``scene`` picks one scene of a multi-scene vendor file."""
     if not uses_bioio(source, axes):
-        if scene not in (None, 0, "0"):
-            raise UsageError(
-                describe(source, "--scene", "a CZI, ND2, LIF or OME-TIFF file (bioio)", scene)
-            )
         options = dict(ngff_version=ngff_version, chunks=chunks, overwrite=overwrite)
-        return Converted(convert_tiff(source, destination, axes, pixel_size=pixel_size, **options))
+        return convert_tiff(
+            source, destination, axes, pixel_size=pixel_size, scene=scene, **options
+        )
     if axes is not None:
         raise UsageError(describe(source, "--axes", "no --axes (the file names its axes)", axes))
     image = open_vendor(source, scene)
@@ -223,14 +331,15 @@ def write_planes(
     destination = Path(destination)
     validate_axes(meta.axes, data.ndim, source)
     prepare_output(destination, overwrite, [Path(source)])
-    level0 = create_level0(
-        destination, tuple(data.shape), data.dtype, meta.axes, chunks, ngff_version
-    )
-    mark_written(destination)
-    # every chunk is stored, also all-zero ones (e.g. outside a mosaic's tiles): `run` refuses
-    # an image whose chunks are missing, since those read back as zeros without a trace
-    level0 = level0.with_config({"write_empty_chunks": True})
-    for index in np.ndindex(*data.shape[:-2]):
-        level0[index] = np.asarray(data[index].compute(scheduler="synchronous"))
-    finalize_image(destination, meta, ngff_version)
+    with removed_on_failure(destination):
+        level0 = create_level0(
+            destination, tuple(data.shape), data.dtype, meta.axes, chunks, ngff_version
+        )
+        mark_written(destination)
+        # every chunk is stored, also all-zero ones (e.g. outside a mosaic's tiles): `run`
+        # refuses an image whose chunks are missing, since those read back as zeros unnoticed
+        level0 = level0.with_config({"write_empty_chunks": True})
+        for index in np.ndindex(*data.shape[:-2]):
+            level0[index] = np.asarray(data[index].compute(scheduler="synchronous"))
+        finalize_image(destination, meta, ngff_version, window="auto")
     return destination

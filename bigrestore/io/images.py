@@ -7,6 +7,7 @@ the pixels as a dask array without reading them. Nothing here writes.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,36 @@ class OpenedImage:
 
 #: No real image has more chunks than this; a shape that claims more is a metadata error.
 MAX_CHUNKS = 10**9
+#: An OMERO channel colour as bigrestore keeps it: RRGGBB hex.
+HEX_COLOR = re.compile(r"[0-9A-F]{6}")
 CONVERT_HINT = "convert it first with: bigrestore convert {path} OUT.zarr"
+#: For zarr data without NGFF metadata (``bigrestore convert`` reads microscope files only).
+ZARR_HINT = (
+    "bigrestore convert reads TIFF, OME-TIFF, CZI, ND2 and LIF files: save the data as a TIFF "
+    "and convert that, or write it as OME-Zarr (e.g. ome_zarr.writer.write_image)"
+)
+
+
+def omero_channels(omero: Any) -> tuple[tuple[str, ...] | None, tuple[str, ...] | None]:
+    """Channel labels and colours (RRGGBB, when every channel has a valid one) of OMERO
+    metadata; (None, None) without it."""
+    if not omero or not omero.get("channels"):
+        return None, None
+    names = tuple(str(c.get("label", i)) for i, c in enumerate(omero["channels"]))
+    colors = tuple(str(c.get("color", "")).upper() for c in omero["channels"])
+    return names, colors if all(HEX_COLOR.fullmatch(color) for color in colors) else None
+
+
+def zarr_hint(path: Path, node: object) -> str:
+    """What to do with a zarr store that is not an OME-Zarr image: a run's output root names
+    its images; anything else needs NGFF metadata."""
+    attrs = getattr(node, "attrs", {})
+    if "bigrestore" in attrs:
+        outputs = attrs["bigrestore"].get("outputs") or ["mean", "std", "entropy"]
+        return "this is a bigrestore run output: open one of its images, e.g. " + ", ".join(
+            str(path / name) for name in outputs[:3]
+        )
+    return ZARR_HINT
 
 
 def _open_group(path: Path) -> zarr.Group:
@@ -70,7 +100,7 @@ def _open_group(path: Path) -> zarr.Group:
                 f"a plain zarr array of shape {node.shape}",
             )
             + "; "
-            + CONVERT_HINT.format(path=path)
+            + ZARR_HINT
         )
     return node
 
@@ -113,8 +143,8 @@ def open_image(path: str | Path, level: int = 0, series: int | None = None) -> O
     if not multiscales:
         raise BadInputError(
             describe(path, "multiscales", "NGFF multiscales metadata", "none")
-            + "; if this is image data without OME metadata, "
-            + CONVERT_HINT.format(path=path)
+            + "; "
+            + zarr_hint(path, group)
         )
     ms = multiscales[0]
     version = version or str(ms.get("version", "0.4"))
@@ -140,10 +170,7 @@ def open_image(path: str | Path, level: int = 0, series: int | None = None) -> O
     translation = [
         t * g + gt for t, g, gt in zip(translation, global_scale, global_translation, strict=True)
     ]
-    channel_names = None
-    omero = ome.get("omero")
-    if omero and omero.get("channels"):
-        channel_names = tuple(str(c.get("label", i)) for i, c in enumerate(omero["channels"]))
+    channel_names, channel_colors = omero_channels(ome.get("omero"))
     meta = ImageMeta(
         axes=axes,
         scale=tuple(scale),
@@ -151,6 +178,7 @@ def open_image(path: str | Path, level: int = 0, series: int | None = None) -> O
         units=units,
         channel_names=channel_names,
         name=str(ms.get("name") or path.stem),
+        channel_colors=channel_colors,
     )
     array = arrays[level]
     n_chunks = 1

@@ -12,10 +12,17 @@ from bigrestore.errors import BadInputError, describe
 #: Unit spellings found in OME-TIFF / ImageJ metadata mapped to NGFF unit names.
 UNIT_ALIASES = {
     "µm": "micrometer",
+    "μm": "micrometer",  # Greek mu (U+03BC), beside the micro sign above
+    "\\u00B5m": "micrometer",  # as ImageJ escapes the micro sign in its TIFF description
     "um": "micrometer",
     "micron": "micrometer",
+    "microns": "micrometer",
     "nm": "nanometer",
+    "pm": "picometer",
+    "Å": "angstrom",
     "mm": "millimeter",
+    "cm": "centimeter",
+    "m": "meter",
     "s": "second",
     "sec": "second",
     "ms": "millisecond",
@@ -30,6 +37,7 @@ class ImageMeta:
 
     ``axes`` is a string of NGFF axis names in storage order (a valid subset of "tczyx").
     ``scale``/``translation`` are the level-0 physical pixel size and origin per axis.
+    ``channel_colors``: the OMERO display colour of each channel (RRGGBB hex), when known.
     """
 
     axes: str
@@ -38,6 +46,7 @@ class ImageMeta:
     units: tuple[str | None, ...]
     channel_names: tuple[str, ...] | None = None
     name: str = "image"
+    channel_colors: tuple[str, ...] | None = None
 
     def pixel_size(self, axis: str) -> float:
         return self.scale[self.axes.index(axis)] if axis in self.axes else 1.0

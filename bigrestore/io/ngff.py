@@ -95,15 +95,23 @@ def default_window(dtype: np.dtype) -> tuple[float, float]:
 
 
 def omero(
-    channel_names: tuple[str, ...] | None, n_channels: int, windows: list[tuple[float, ...]]
+    channel_names: tuple[str, ...] | None,
+    n_channels: int,
+    windows: list[tuple[float, ...]],
+    channel_colors: tuple[str, ...] | None = None,
 ) -> dict[str, Any]:
-    """OMERO rendering metadata: labels, colours and one display window per channel, given as
-    (start, end) or (start, end, min, max)."""
+    """OMERO rendering metadata: labels, colours (``channel_colors``, e.g. the input's, else a
+    palette) and one display window per channel, given as (start, end) or (start, end, min,
+    max)."""
     names = channel_names or tuple(f"channel {i}" for i in range(n_channels))
     colors = (
-        ["FFFFFF"]
-        if n_channels == 1
-        else ["00FF00", "FF00FF", "00FFFF", "FFFF00", "FF0000", "0000FF"]
+        list(channel_colors)
+        if channel_colors
+        else (
+            ["FFFFFF"]
+            if n_channels == 1
+            else ["00FF00", "FF00FF", "00FFFF", "FFFF00", "FF0000", "0000FF"]
+        )
     )
     channels = []
     for i, name in enumerate(names):
@@ -153,4 +161,6 @@ def write_metadata(
     write_multiscales_metadata(
         group, datasets=datasets, fmt=fmt.ome_zarr(), axes=axes, name=meta.name
     )
-    fmt.set_ome_attribute(group, "omero", omero(meta.channel_names, n_channels, windows))
+    fmt.set_ome_attribute(
+        group, "omero", omero(meta.channel_names, n_channels, windows, meta.channel_colors)
+    )

@@ -57,19 +57,38 @@ def group_attributes(path: Path) -> dict[str, Any] | None:
     return None
 
 
-def written_by_bigrestore(path: Path) -> bool:
-    """True if ``path`` is a group that bigrestore wrote (its attributes carry the mark), or a
-    run's store that holds nothing yet but its lock (a run killed at its very start)."""
+#: What an output path may hold for ``--overwrite`` to replace it: a run's output store (its
+#: mark is the run manifest, with a ``status``) or an image that convert/register wrote.
+KINDS = ("run", "image")
+
+
+def output_kind(path: Path) -> str | None:
+    """Which kind of bigrestore output ``path`` is (:data:`KINDS`): "run" for a group whose mark
+    is a run manifest (it has a ``status``) or a run's store that holds nothing yet but its lock
+    (a run killed at its very start), "image" for another group with bigrestore's mark (what
+    convert and register write); None for anything bigrestore did not write."""
     attrs = group_attributes(path)
     if attrs is not None:
-        return isinstance(attrs.get(MARK_KEY), dict)
-    return Path(path).is_dir() and {p.name for p in Path(path).iterdir()} <= {LOCK_FILE}
+        mark = attrs.get(MARK_KEY)
+        if not isinstance(mark, dict):
+            return None
+        return "run" if "status" in mark else "image"
+    lock_only = Path(path).is_dir() and {p.name for p in Path(path).iterdir()} <= {LOCK_FILE}
+    return "run" if lock_only else None
 
 
-def check_output(path: Path, overwrite: bool, inputs: Sequence[Path] = ()) -> None:
+def written_by_bigrestore(path: Path) -> bool:
+    """True if ``path`` is an output bigrestore wrote (of either kind)."""
+    return output_kind(path) is not None
+
+
+def check_output(
+    path: Path, overwrite: bool, inputs: Sequence[Path] = (), kind: str | None = None
+) -> None:
     """Raise CannotCreateOutputError unless ``path`` can be created (or, with ``overwrite``,
     removed and created again): never inside or around an input, an existing path only with
-    ``overwrite`` and only if bigrestore wrote it, a writable parent. Changes nothing."""
+    ``overwrite`` and only if bigrestore wrote it (an output of ``kind``: "run" or "image"),
+    a writable parent. Changes nothing."""
     path = Path(path)
     for source in inputs:
         if is_within(path, source):
@@ -83,10 +102,17 @@ def check_output(path: Path, overwrite: bool, inputs: Sequence[Path] = ()) -> No
     if path.exists() or path.is_symlink():
         if not overwrite:
             raise CannotCreateOutputError(f"{path}: output exists; pass --overwrite to replace it")
-        if path.is_symlink() or not path.is_dir() or not written_by_bigrestore(path):
+        found = None if path.is_symlink() or not path.is_dir() else output_kind(path)
+        if found is None:
             raise CannotCreateOutputError(
                 f"{path}: --overwrite replaces only outputs that bigrestore wrote, and this is not one "
                 "(no bigrestore mark in its attributes); remove it yourself or choose another -o"
+            )
+        if kind not in (None, found):  # a run must not delete a converted input, nor the reverse
+            other = "a converted or registered image" if kind == "run" else "a run's output"
+            raise CannotCreateOutputError(
+                f"{path}: --overwrite here replaces only a {kind} output, and this is {other}; "
+                "remove it yourself or choose another -o"
             )
     if not path.parent.is_dir():
         raise CannotCreateOutputError(f"{path}: parent directory {path.parent} does not exist")
@@ -99,8 +125,11 @@ def check_output(path: Path, overwrite: bool, inputs: Sequence[Path] = ()) -> No
         )
 
 
-def prepare_output(path: Path, overwrite: bool, inputs: Sequence[Path] = ()) -> None:
-    """:func:`check_output`, then remove an existing bigrestore output at ``path``."""
-    check_output(path, overwrite, inputs)
+def prepare_output(
+    path: Path, overwrite: bool, inputs: Sequence[Path] = (), kind: str | None = "image"
+) -> None:
+    """:func:`check_output`, then remove an existing bigrestore output at ``path`` (by default
+    only an image output: what convert, register and write_image create)."""
+    check_output(path, overwrite, inputs, kind)
     if path.exists():
         shutil.rmtree(path)

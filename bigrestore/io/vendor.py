@@ -24,7 +24,7 @@ from typing import Any
 import dask.array as da
 
 from bigrestore.errors import BadInputError, MissingInputError, UsageError, describe
-from bigrestore.io.meta import ImageMeta
+from bigrestore.io.meta import ImageMeta, normalise_unit
 
 log = logging.getLogger(__name__)
 
@@ -113,14 +113,32 @@ def select_scene(path: Path, scenes: tuple[str, ...], scene: int | str | None) -
     raise UsageError(describe(path, "--scene", f"one of {listed}", scene))
 
 
+def _ome_length_units(image: Any) -> dict[str, str]:
+    """The units the file's OME metadata gives its z/y/x pixel sizes in (e.g. "nm"), when the
+    reader exposes OME metadata (bioio-ome-tiff): bioio passes those sizes on unconverted."""
+    try:
+        pixels = image.metadata.images[image.current_scene_index].pixels
+    except Exception:  # not an OME-backed reader: its sizes are in micrometer
+        return {}
+    units = {}
+    for axis in "zyx":
+        unit = getattr(pixels, f"physical_size_{axis}_unit", None)
+        if unit is not None:
+            units[axis] = str(getattr(unit, "value", unit))
+    return units
+
+
 def _physical(image: Any) -> tuple[dict[str, float], dict[str, str | None]]:
-    """Pixel sizes (micrometer, bioio's unit) and the time step (second) when known."""
+    """Pixel sizes (in the OME metadata's units where the reader has them, else micrometer,
+    bioio's unit) and the time step (second) when known."""
     sizes: dict[str, float] = {}
     units: dict[str, str | None] = {}
     pixels = image.physical_pixel_sizes
+    ome_units = _ome_length_units(image)
     for axis, value in (("z", pixels.Z), ("y", pixels.Y), ("x", pixels.X)):
         if value is not None and value > 0:
-            sizes[axis], units[axis] = float(value), "micrometer"
+            sizes[axis] = float(value)
+            units[axis] = normalise_unit(ome_units.get(axis, "micrometer"))
     try:
         step = image.time_interval
     except Exception:  # not every reader knows it; a missing step is not an error

@@ -7,7 +7,9 @@ chunk) and add the pyramid and the NGFF metadata last: :func:`create_level0` the
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import shutil
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -194,8 +196,10 @@ def write_image(
     min_side: int = PYRAMID_MIN_SIDE,
     scheduler: Any = None,
     inputs: Sequence[Path] = (),
+    window: tuple[float, float] | str | None = None,
 ) -> Path:
-    """Write ``data`` (axes as ``meta.axes``) as a multiscale OME-Zarr image at ``path``."""
+    """Write ``data`` (axes as ``meta.axes``) as a multiscale OME-Zarr image at ``path``;
+    ``window``: the display range (:func:`finalize_image`)."""
     path = Path(path)
     data = data if isinstance(data, da.Array) else da.from_array(data)
     validate_axes(meta.axes, data.ndim, path)
@@ -206,8 +210,20 @@ def write_image(
                 describe(path, "channel names", f"{n_c} names", len(meta.channel_names))
             )
     prepare_output(path, overwrite, inputs)
-    level0 = create_level0(path, tuple(data.shape), data.dtype, meta.axes, chunks, ngff_version)
-    mark_written(path)
-    da.store(data.rechunk(level0.chunks), level0, lock=False, compute=True, scheduler=scheduler)
-    finalize_image(path, meta, ngff_version, min_side, scheduler=scheduler)
+    with removed_on_failure(path):
+        level0 = create_level0(path, tuple(data.shape), data.dtype, meta.axes, chunks, ngff_version)
+        mark_written(path)
+        da.store(data.rechunk(level0.chunks), level0, lock=False, compute=True, scheduler=scheduler)
+        finalize_image(path, meta, ngff_version, min_side, window, scheduler=scheduler)
     return path
+
+
+@contextlib.contextmanager
+def removed_on_failure(path: Path) -> Iterator[None]:
+    """Delete ``path`` (a store this call is creating) when the body fails: a conversion is not
+    resumable, and a half-written image must not be mistaken for one."""
+    try:
+        yield
+    except BaseException:
+        shutil.rmtree(path, ignore_errors=True)
+        raise

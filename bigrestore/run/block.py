@@ -21,7 +21,7 @@ import torch
 
 from bigrestore.devices import pick_device
 from bigrestore.intensity import Stats
-from bigrestore.io.arrays import write_region
+from bigrestore.io.arrays import read_region, write_region
 from bigrestore.io.runstore import mark_block_done
 from bigrestore.outputs import PlannedOutput, cast_to
 from bigrestore.run.tasks import BlockTask, RunJob
@@ -42,16 +42,53 @@ def blend(
     }
 
 
+#: A block's saturated input pixels, per output channel: (mask over the block, level) or None.
+Saturated = list[tuple[np.ndarray, float] | None]
+
+
 def to_output_units(
-    planned: PlannedOutput, blended: dict[str, np.ndarray], out_stats: list[Stats], dtype: str
+    planned: PlannedOutput,
+    blended: dict[str, np.ndarray],
+    out_stats: list[Stats],
+    dtype: str,
+    saturated: Saturated | None = None,
 ) -> tuple[np.ndarray, int]:
-    """One output volume's values for the block in its units and dtype; clipped pixel count."""
+    """One output volume's values for the block in its units and dtype; clipped pixel count.
+    The mean keeps the input's saturation level where the input was saturated (``saturated``):
+    a censored measurement stays recognisable as one, not a guess of what lay above it."""
     volume = planned.volume
     values = blended[volume.statistic]
     if planned.sample is not None:
         values = values[planned.sample]
     converted = np.stack([volume.to_units(values[i], st) for i, st in enumerate(out_stats)])
+    if saturated and planned.path == "mean":
+        for i, entry in enumerate(saturated):
+            if entry is not None:
+                converted[i][entry[0]] = entry[1]
     return cast_to(converted, dtype if volume.dtype == "run" else volume.dtype)
+
+
+def saturated_pixels(job: RunJob, task: BlockTask) -> Saturated:
+    """Where the block's own input pixels reach their channel's saturation level (read only
+    when a channel of the plane has one)."""
+    stats = job.plane_values(job.input_stats, task)
+    levels = [stats[c].saturated for c in task.channels]
+    if all(level is None for level in levels):
+        return [None] * len(levels)
+    block = task.block
+    where = selection(
+        job.axes,
+        task.t,
+        task.channels,
+        task.z,
+        slice(block.y0, block.y1),
+        slice(block.x0, block.x1),
+    )
+    region = read_region(job.input_array, where)
+    region = region if "c" in job.axes else region[None]
+    return [
+        None if level is None else (region[i] >= level, level) for i, level in enumerate(levels)
+    ]
 
 
 def write_block(job: RunJob, task: BlockTask, name: str, values: np.ndarray) -> None:
@@ -107,14 +144,19 @@ def assemble_block(job: RunJob, task: BlockTask, results: list[TileResults]) -> 
         job.sampled and sampling.clip_x0
     ):  # every sample ended at the clip bound: a truncated highlight
         pinned = int(np.count_nonzero(np.abs(blended["mean"]) >= sampling.clip_bound * (1 - 1e-6)))
-    saturated = 0  # pixels whose entropy is log2(N): every sample a different 8-bit level
+    saturated_entropy = 0  # pixels whose entropy is log2(N): every sample a different 8-bit level
     if "entropy" in blended and job.settings.samples > 1:
-        saturated = int(
+        saturated_entropy = int(
             np.count_nonzero(blended["entropy"] >= np.log2(job.settings.samples) - 1e-6)
         )
+    saturated = saturated_pixels(job, task)
+    # the saturation level is in the input's units: kept in the mean only when that is its scale
+    kept = saturated if job.settings.output_scale == "input" else None
     clipped = 0
     for planned in job.outputs():
-        values, clipped_here = to_output_units(planned, blended, out_stats, job.settings.dtype)
+        values, clipped_here = to_output_units(
+            planned, blended, out_stats, job.settings.dtype, kept
+        )
         clipped += clipped_here if planned.path == "mean" else 0
         write_block(job, task, planned.path, values)
     mark_block_done(job.output_root, task.done_index)
@@ -124,7 +166,8 @@ def assemble_block(job: RunJob, task: BlockTask, results: list[TileResults]) -> 
         "block": task.name,
         "clipped": clipped,
         "pinned": pinned,
-        "entropy_saturated": saturated,
+        "entropy_saturated": saturated_entropy,
+        "saturated_input": sum(int(np.count_nonzero(e[0])) for e in saturated if e is not None),
         "pixels": int(np.prod(blended["mean"].shape)),
         "tiles": sum(len(r.origins) for r in own),
         "evaluations": sum(r.evaluations for r in own),

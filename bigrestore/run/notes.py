@@ -23,10 +23,82 @@ def entropy_note(plan: RunPlan, totals: dict[str, Any]) -> dict[str, Any]:
             "with one sample per tile, std and entropy are 0 everywhere: draw --samples 2 or more"
         )
     elif share is not None and (n < 8 or share > 0.5):
+        saturated = (
+            f" and is saturated on {share:.0%} of pixels (all samples on different 8-bit levels)"
+            if share >= 0.005
+            else ""
+        )
         note["warning"] = (
-            f"with N = {n} samples the entropy takes at most {np.log2(n):g} bits and is saturated on {share:.0%} "
-            "of pixels (all samples on different 8-bit levels): use std (or std_calibrated) as the "
-            "uncertainty, or more samples (docs/uncertainty.md)"
+            f"with N = {n} samples the entropy takes at most {np.log2(n):g} bits{saturated}: "
+            "use std (or std_calibrated) as the uncertainty, or more samples (docs/uncertainty.md)"
+        )
+    return note
+
+
+#: An integer mean whose levels span fewer output units than this loses detail to rounding
+#: (its rounding error, 0.29 units rms, is then over 0.45 % of the range: under ~47 dB).
+ROUNDING_RANGE = 64.0
+
+
+def rounding_note(plan: RunPlan) -> dict[str, Any]:
+    """A warning when the mean is stored as integers (the input's dtype, by default) but some
+    plane spans only a few units: rounding to whole units then costs visible detail (a dim
+    16-bit channel spanning 6 units lost 3 dB against float32), which --dtype float32 keeps."""
+    dtype = plan.settings.dtype
+    if dtype == "float32":
+        return {}
+    if plan.settings.output_scale != "input":  # the model's target levels: not the data's
+        return {}
+    # a flat plane's levels are given a unit span (bigrestore.intensity): no detail to lose
+    spans = [
+        plane[o].high - plane[o].low
+        for plane, given in zip(plan.job.output_stats, plan.job.input_stats, strict=True)
+        for o, c in enumerate(plan.channels)
+        if given[c].high - given[c].low != 1.0
+    ]
+    narrowest = min(spans, default=ROUNDING_RANGE)
+    if narrowest >= ROUNDING_RANGE:
+        return {}
+    return {
+        "narrowest_range": round(float(narrowest), 3),
+        "warning": f"the mean is stored as {dtype} but some planes span only {narrowest:.1f} units "
+        "between their 1st and 99.8th percentiles: rounding to whole units loses detail there; "
+        "--dtype float32 keeps it",
+    }
+
+
+def saturated_levels(plan: RunPlan) -> dict[str, list[float]]:
+    """Per input channel that saturates, the saturation level of each plane that does (plane
+    order; bigrestore.intensity.percentile_stats)."""
+    levels = {
+        str(c): [
+            plane[c].saturated for plane in plan.job.input_stats if plane[c].saturated is not None
+        ]
+        for c in plan.channels
+    }
+    return {c: found for c, found in levels.items() if found}
+
+
+def saturation_note(plan: RunPlan, totals: dict[str, Any]) -> dict[str, Any]:
+    """Which input channels have a saturation plateau (its level, in how many planes) and how
+    many of this run's pixels reached it: those pixels are left out of the intensity levels and
+    keep the saturation level in the mean (bigrestore.intensity.percentile_stats)."""
+    planes = len(plan.job.input_stats)
+    channels = {
+        c: {"level": max(found), "planes": len(found), "of_planes": planes}
+        for c, found in saturated_levels(plan).items()
+    }
+    note: dict[str, Any] = {"channels": channels, "pixels_this_run": totals["saturated_input"]}
+    if channels:
+        where = "; ".join(
+            f"channel {c} at {v['level']:g} in {v['planes']} of {v['of_planes']} plane(s)"
+            for c, v in channels.items()
+        )
+        note["warning"] = (
+            f"the input is saturated ({where}; {totals['saturated_input']} pixels this run): "
+            "saturated pixels were left out of the intensity levels and keep their saturation "
+            "level in the mean (with --output-scale input, the default); their std and entropy "
+            "describe a guess, not a measurement"
         )
     return note
 

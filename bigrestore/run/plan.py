@@ -15,7 +15,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from bigrestore.errors import BadInputError, IncompatibleModelError, MissingInputError, describe
+from bigrestore.errors import (
+    BadInputError,
+    IncompatibleModelError,
+    MissingInputError,
+    UsageError,
+    describe,
+)
 from bigrestore.intensity import Stats
 from bigrestore.io.images import OpenedImage, chunk_census, open_image
 from bigrestore.io.meta import ImageMeta
@@ -84,6 +90,12 @@ def select_channels(image: OpenedImage, channels: tuple[str, ...] | None) -> lis
         else:
             raise BadInputError(
                 describe(image.path, "--channels", f"indices 0..{n - 1} or names {names}", item)
+            )
+        if chosen.count(chosen[-1]) > 1:
+            raise BadInputError(
+                describe(
+                    image.path, "--channels", "each channel once", f"channel {chosen[-1]} twice"
+                )
             )
     return chosen
 
@@ -214,8 +226,11 @@ def output_meta(image: OpenedImage, selected: list[int]) -> tuple[tuple[int, ...
         shape[meta.axes.index("c")] = len(selected)
     names = meta.channel_names or tuple(f"channel {i}" for i in range(max(selected) + 1))
     channel_names = tuple(names[c] for c in selected) if "c" in meta.axes else None
+    colors = meta.channel_colors
+    if colors is not None and "c" in meta.axes:
+        colors = tuple(colors[c] for c in selected) if len(colors) > max(selected) else None
     return tuple(shape), ImageMeta(
-        meta.axes, meta.scale, meta.translation, meta.units, channel_names, meta.name
+        meta.axes, meta.scale, meta.translation, meta.units, channel_names, meta.name, colors
     )
 
 
@@ -247,6 +262,30 @@ def find_calibration(info: ModelInfo, settings: RunSettings) -> dict[str, Any] |
         matching(info.calibrations, settings.calibration_key()) if info.objective.sampled else None
     )
     return found.to_dict() if found is not None else None
+
+
+def check_dtype_range(
+    path: Path, settings: RunSettings, stats: tuple[tuple[Stats, ...], ...], selected: list[int]
+) -> None:
+    """Refuse an integer output dtype that the input's levels lie wholly above (e.g. --dtype
+    uint8 for 16-bit data at a few hundred units) when the output keeps the input's units:
+    every pixel of the mean would clip to its maximum, which the run would only report after."""
+    dtype = settings.dtype
+    if dtype not in ("uint8", "uint16") or settings.output_scale != "input":
+        return
+    top = float(np.iinfo(np.dtype(dtype)).max)
+    for c in selected:
+        low = min(plane[c].low for plane in stats)
+        if low > top:
+            raise UsageError(
+                describe(
+                    path,
+                    "--dtype",
+                    f"a type that holds channel {c}'s levels (from {low:g} in the input's units)",
+                    f"{dtype} (at most {top:g}: every pixel would clip)",
+                )
+                + "; use --dtype auto (the input's type) or float32"
+            )
 
 
 def make_plan(
@@ -285,6 +324,7 @@ def make_plan(
     if statistics:
         check_finite(image)
         stats = input_statistics(image, selected, norm.p_low, norm.p_high, settings.normalise_per)
+        check_dtype_range(image.path, settings, stats, selected)
     else:
         stats = ((Stats(0.0, 1.0),) * (max(selected) + 1),)
     if settings.output_scale == "target" and norm.target is not None:

@@ -29,7 +29,15 @@ from bigrestore.io.paths import check_output, written_by_bigrestore
 from bigrestore.io.runstore import RunStore, output_lock, refuse_if_locked
 from bigrestore.io.write import PYRAMID_MIN_SIDE
 from bigrestore.run.cluster import ClusterSpec, check_gpus, open_client, run_blocks
-from bigrestore.run.notes import background_note, calibration_note, entropy_note, sampling_note
+from bigrestore.run.notes import (
+    background_note,
+    calibration_note,
+    entropy_note,
+    rounding_note,
+    sampling_note,
+    saturated_levels,
+    saturation_note,
+)
 from bigrestore.run.settings import RunSettings, default_output
 from bigrestore.run.tasks import BlockTask
 
@@ -55,8 +63,10 @@ class RestoreResult:
 def run_record(
     plan: RunPlan, ngff_version: str, cluster: ClusterSpec, series: int | None
 ) -> dict[str, Any]:
-    """What identifies a run's results: ``--resume`` refuses a store whose record differs."""
-    return {
+    """What identifies a run's results: ``--resume`` refuses a store whose record differs
+    (``saturated_levels`` only where the input saturates: blocks normalised with and without
+    the saturation rule must not share one output)."""
+    record = {
         "input": str(plan.input_path.resolve()),
         "series": series,
         "model": str(plan.model.directory.resolve()),
@@ -67,6 +77,10 @@ def run_record(
         "threads_per_worker": cluster.torch_threads(),
         "version": __version__,
     }
+    levels = saturated_levels(plan)
+    if levels:
+        record["saturated_levels"] = {c: sorted(set(found)) for c, found in levels.items()}
+    return record
 
 
 def settle_output_scale(
@@ -118,14 +132,18 @@ def check_paths(input_path: Path, output: Path, resume: bool, overwrite: bool) -
         if not written_by_bigrestore(output) and RunStore.existing_version(output) is not None:
             raise UsageError(f"{output}: not a bigrestore output; cannot resume it")
     else:
-        check_output(output, overwrite, inputs=[input_path])
+        check_output(output, overwrite, inputs=[input_path], kind="run")
 
 
-def resolve_version(output: Path, resume: bool, ngff_version: str | None) -> str:
+def resolve_version(
+    output: Path, resume: bool, ngff_version: str | None, input_version: str | None = None
+) -> str:
     """The NGFF version to write: the store's own on resume (a different explicit one is
-    refused by the manifest check), else the requested one (default 0.5)."""
+    refused by the manifest check), else the requested one, else the input's when it is one
+    we write (a 0.4 input is read by 0.4 viewers; its outputs should be too), else 0.5."""
     existing = RunStore.existing_version(output) if resume else None
-    version = ngff_version or existing or "0.5"
+    inherited = input_version if input_version in NGFF_VERSIONS else None
+    version = ngff_version or existing or inherited or "0.5"
     if version not in NGFF_VERSIONS:
         raise UsageError(
             f"--ngff-version: expected one of {', '.join(NGFF_VERSIONS)}, found {version}"
@@ -175,6 +193,7 @@ def execute(
         "pinned": 0,
         "skipped": 0,
         "entropy_saturated": 0,
+        "saturated_input": 0,
         "pixels": 0,
         "done": 0,
         "ran_on": set(),
@@ -194,7 +213,14 @@ def execute(
         totals["ran_on"].update(result.get("ran_on", []))
         totals["batch"].update(result.get("batch", []))
         totals["clipped"] += result["clipped"]
-        for key in ("tiles", "evaluations", "skipped", "entropy_saturated", "pixels"):
+        for key in (
+            "tiles",
+            "evaluations",
+            "skipped",
+            "entropy_saturated",
+            "saturated_input",
+            "pixels",
+        ):
             totals[key] += result.get(key, 0)
         totals["pinned"] += result.get("pinned", 0)
         totals["done"] += 1
@@ -271,6 +297,8 @@ def finish(
         "skipped_tiles_this_run": totals["skipped"],
         "entropy": entropy_note(plan, totals),
         "background": background_note(plan),
+        "saturation": saturation_note(plan, totals),
+        "rounding": rounding_note(plan),
         "sampling": sampling_note(plan),
         "clipped_pixels": totals["clipped"],
         "pinned_pixels": totals["pinned"],
@@ -320,7 +348,7 @@ def restore(
     cluster = cluster or ClusterSpec()
     check_paths(input_path, output, resume, overwrite)
     check_gpus(cluster.gpus)
-    version = resolve_version(output, resume, ngff_version)
+    resolve_version(output, resume, ngff_version)  # a bad --ngff-version, before the plan's reads
     from bigrestore.run.plan import make_plan
 
     plan = make_plan(
@@ -337,6 +365,7 @@ def restore(
     from bigrestore.run.estimate import check_disk_space
 
     check_disk_space(plan, output)  # refuse before anything is written when the outputs cannot fit
+    version = resolve_version(output, resume, ngff_version, plan.image.ngff_version)
     plan, scale_record = settle_output_scale(plan, output, resume, device, cluster.torch_threads())
     record = {**run_record(plan, version, cluster, series), "output_scale": scale_record}
     started = time.perf_counter()

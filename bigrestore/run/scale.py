@@ -108,10 +108,13 @@ def fit_output_scale(
         h, w = region.shape[-2:]  # the tile starts inside the image: its region starts at the tile
         raw_model = normalise(region, plan.job, task)
         restored = cheap_mean(plan, task, origin, raw_model, (ry0, rx0), net, device)[..., :h, :w]
+        stats = plan.job.plane_values(plan.job.input_stats, task)
         for i, out_channel in enumerate(task.out_channels):
+            level = stats[task.channels[i]].saturated  # saturated pixels say nothing of the scale
+            keep = slice(None) if level is None else (region[i] < level).ravel()
             raw, model = pairs.setdefault(out_channel, ([], []))
-            raw.append(raw_model[i].astype(np.float64).ravel())
-            model.append(restored[i].astype(np.float64).ravel())
+            raw.append(raw_model[i].astype(np.float64).ravel()[keep])
+            model.append(restored[i].astype(np.float64).ravel()[keep])
     record: dict[str, Any] = {
         "method": "least-squares fit of the input on the restored mean, in model space"
         + (" (first estimates)" if plan.model.objective.first_estimate else " (2 samples)"),

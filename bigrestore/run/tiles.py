@@ -19,7 +19,7 @@ from bigrestore.diffusion.noise import TileKey
 from bigrestore.diffusion.objectives import Objective, get_objective, predict_once
 from bigrestore.diffusion.repeated import sample_repeated
 from bigrestore.diffusion.schedule import Schedule
-from bigrestore.intensity import to_model
+from bigrestore.intensity import to_network_input
 from bigrestore.io.arrays import read_region
 from bigrestore.run.batching import resolve_batch
 from bigrestore.run.tasks import BlockTask, RunJob
@@ -79,9 +79,9 @@ def read_tiles_region(
 
 def normalise(region: np.ndarray, job: RunJob, task: BlockTask) -> np.ndarray:
     """Intensities → model space with the statistics of each channel of the task's plane (or of
-    the volume; never per tile)."""
+    the volume; never per tile); saturated pixels at the top of the model's range."""
     stats = job.plane_values(job.input_stats, task)
-    return np.stack([to_model(region[i], stats[c]) for i, c in enumerate(task.channels)])
+    return np.stack([to_network_input(region[i], stats[c]) for i, c in enumerate(task.channels)])
 
 
 def cut(
