@@ -105,6 +105,21 @@ def test_the_command_line_starts_without_torch_or_distributed():
     assert done.stdout.strip() == "[]"
 
 
+def test_a_worker_and_a_model_check_import_only_what_they_use():
+    """Every Dask worker imports the block task, and every run checks its model's shapes: the
+    NGFF writers (ome_zarr, dask.array; about 2 s) and torch's compiler (a random op on the
+    meta device imports it; about 3.5 s) are left out, a cost every worker and run paid."""
+    code = (
+        "import sys, bigrestore.run.block\n"
+        "from bigrestore.model.files import read_model\n"
+        "from bigrestore.run.settings import bundled_model_path\n"
+        "read_model(bundled_model_path())\n"
+        "print(sorted(m for m in ('ome_zarr', 'dask.array', 'torch._dynamo') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+
+
 def test_no_function_or_module_is_too_long():
     long = []
     for path in modules():

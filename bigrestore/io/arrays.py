@@ -43,3 +43,13 @@ def _describe(selection: tuple[Any, ...]) -> str:
 def write_region(path: str, selection: tuple[Any, ...], values: np.ndarray) -> None:
     """``array[selection] = values`` for the array at ``path`` (whole chunks, one writer each)."""
     open_array(path, writable=True)[selection] = values
+
+
+#: The run store's done-record: one entry per block, set once the block's chunks are written.
+DONE_ARRAY = "done"
+
+
+def mark_block_done(store: str, index: tuple[int, ...]) -> None:
+    """Set a block's done-record (called by the block's task after its chunks are written; it
+    lives here, not with the run store, so a worker does not import the NGFF writers)."""
+    zarr.open_array(f"{store}/{DONE_ARRAY}", mode="r+")[index] = 1

@@ -24,12 +24,11 @@ import numpy as np
 import zarr
 
 from bigrestore.errors import CannotCreateOutputError, IncompatibleModelError, IOFailure, describe
+from bigrestore.io.arrays import DONE_ARRAY
 from bigrestore.io.meta import ImageMeta
 from bigrestore.io.ngff import ngff_format
 from bigrestore.io.paths import LOCK_FILE, MARK_KEY, group_attributes
 from bigrestore.io.write import create_level0, finalize_image
-
-DONE_ARRAY = "done"
 
 
 @dataclass(frozen=True)
@@ -258,11 +257,6 @@ class RunStore:
 
 def _has_level0(image: Path, zarr_format: int) -> bool:
     return (image / "0" / ("zarr.json" if zarr_format == 3 else ".zarray")).is_file()
-
-
-def mark_block_done(store: str, index: tuple[int, ...]) -> None:
-    """Set a block's done-record (called by the block's task after its chunks are written)."""
-    zarr.open_array(str(Path(store) / DONE_ARRAY), mode="r+")[index] = 1
 
 
 def run_status(path: Path) -> dict[str, Any] | None:

@@ -18,6 +18,21 @@ from torch import nn
 
 from bigrestore.errors import IncompatibleModelError, describe
 
+
+def _drawn(
+    tensor: torch.Tensor, law: str, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """``tensor`` filled in place with N(0, 1) (``law`` "normal") or U(0, 1) draws, the same
+    numbers as torch.randn / torch.rand. A tensor on the meta device (a network built only to
+    read its shapes, as a weights file is checked) is left empty: torch's random ops on meta
+    tensors import its compiler, which costs seconds in every process that checks a model."""
+    if tensor.is_meta:
+        return tensor
+    if law == "normal":
+        return tensor.normal_(generator=generator)
+    return tensor.uniform_(generator=generator)
+
+
 # E[silu(x)^2]^(1/2) for x ~ N(0, 1); dividing by it gives MP-SiLU (EDM2 Eq. 81).
 _SILU_RMS = 0.596
 
@@ -72,8 +87,8 @@ class MPFourier(nn.Module):
 
     def __init__(self, num_channels: int, generator: torch.Generator | None = None) -> None:
         super().__init__()
-        self.register_buffer("freqs", torch.randn(num_channels, generator=generator))
-        self.register_buffer("phases", torch.rand(num_channels, generator=generator))
+        self.register_buffer("freqs", _drawn(torch.empty(num_channels), "normal", generator))
+        self.register_buffer("phases", _drawn(torch.empty(num_channels), "uniform", generator))
 
     def forward(self, a: torch.Tensor) -> torch.Tensor:
         """Float tensor (B,) -> float tensor (B, num_channels), computed in float32."""
@@ -99,7 +114,9 @@ class MPConv(nn.Module):
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.stride = stride
-        self.weight = nn.Parameter(torch.randn(out_channels, in_channels, *kernel))
+        self.weight = nn.Parameter(
+            _drawn(torch.empty(out_channels, in_channels, *kernel), "normal")
+        )
 
     def _unit_weight(self, gain: float | torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         if self.training:

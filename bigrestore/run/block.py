@@ -21,8 +21,7 @@ import torch
 
 from bigrestore.devices import pick_device
 from bigrestore.intensity import Stats
-from bigrestore.io.arrays import read_region, write_region
-from bigrestore.io.runstore import mark_block_done
+from bigrestore.io.arrays import mark_block_done, read_region, write_region
 from bigrestore.outputs import PlannedOutput, cast_to
 from bigrestore.run.tasks import BlockTask, RunJob
 from bigrestore.run.tiles import Origin, TileResults, compute_tiles, selection
