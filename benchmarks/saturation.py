@@ -1,14 +1,15 @@
-"""What a saturated cell does to the rest of its plane.
+"""What a saturated cell, or the fill around a stitched slide, does to the rest of its plane.
 
     python benchmarks/saturation.py WORK [--photons 10] [--out docs/results/saturation.json]
 
 A held-out clean crop (DSB 2018, rows and columns 128-383) is degraded at ``--photons`` with
 the 16-bit camera of benchmarks/photon_sweep.py (gain 2 DU per photon, offset 100 DU). A copy
 has a disk of radius 14 px (about 1 % of the pixels) set to 65535, as an over-exposed cell
-would be. Both are restored with the run defaults (bundled model, `bigrestore run`'s own
+would be; a third has its left 100 columns (39 %) at 0, as the unacquired fill around a stitched
+slide's tiles. All are restored with the run defaults (bundled model, `bigrestore run`'s own
 path, the input's dtype) and scored outside the disk only: PSNR after a least-squares fit to
 the clean crop mapped to [0, 1] by its 1st / 99.8th percentiles, the median background level
-(input and mean, DU), and what the mean holds inside the disk.
+(input and mean, DU), and what the mean holds inside the disk (or the fill).
 
 Run it on two checkouts to compare code: it uses nothing but the public `restore` API.
 """
@@ -77,19 +78,28 @@ def main(argv: list[str] | None = None) -> None:
     blob = 200_000.0 * np.exp(-r2 / (2 * 8.0**2))
     cell = np.minimum(low + blob, SATURATED).astype(low.dtype)
     scored = r2 >= 40**2
+    fill = np.zeros(low.shape, dtype=bool)
+    fill[:, :100] = True  # the stitched slide's unacquired columns
     rows, payload = [], {"photons": args.photons, "disk_pixels": int(disk.sum()), "images": {}}
     payload["cell_pixels_saturated"] = int((cell == SATURATED).sum())
-    images = {"plain": low, "disk": saturated, "cell": cell}
+    images = {
+        "plain": low,
+        "disk": saturated,
+        "cell": cell,
+        "fill": np.where(fill, 0, low).astype(low.dtype),
+    }
     means = {key: restored_mean(args.work, key, image) for key, image in images.items()}
     cases = (
         ("without the disk", "plain", ~disk),
         ("with a saturated disk", "disk", ~disk),
         ("without the cell (its scored pixels)", "plain", scored),
         ("with a saturated soft cell", "cell", scored),
+        ("without the fill (its acquired pixels)", "plain", ~fill),
+        ("with a zero fill (stitched slide)", "fill", ~fill),
     )
     for name, key, outside in cases:
         image, mean = images[key], means[key]
-        inside = ~outside & (image == SATURATED) if key != "plain" else ~outside
+        inside = ~outside & (image == SATURATED) if key in ("disk", "cell") else ~outside
         truth = unit(clean)[outside]
         figures = {
             "raw_psnr_outside": fitted_psnr(image[outside].astype(np.float64), truth),
@@ -109,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
             ]
         )
     header = ["image", "raw PSNR outside", "mean PSNR outside", "background in / mean (DU)",
-              "mean where saturated (DU)"]  # fmt: skip
+              "mean where saturated / fill (DU)"]  # fmt: skip
     finish("saturation.py", argv, markdown_table(header, rows), args.out, payload)
     print(json.dumps(payload["images"], indent=1))
 

@@ -31,29 +31,52 @@ SATURATION_ABOVE = 3.0
 #: Where a saturated pixel meets the network: at the top of the model's range, as bright as the
 #: brightest structure it was trained on (its true value is unknown, only >= the saturation).
 SATURATED_MODEL_VALUE = 1.0
+#: A plateau at the minimum counts as fill (pixels that hold no measurement: the unacquired
+#: corners of a stitched slide, a masked region) only when it lies this far down the model
+#: space of the other pixels (-3, a full range below them). Zeros just under the rest (an
+#: image background-subtracted and clipped at 0) are left to the percentiles as before.
+FILL_BELOW = -3.0
+#: Where a fill pixel meets the network: at the bottom of the model's range (empty background).
+FILL_MODEL_VALUE = -1.0
 
 
 @dataclass(frozen=True)
 class Stats:
-    """Intensity levels that map to -1 (``low``) and +1 (``high``) in model space, and the
-    input's saturation level (``saturated``) when its maximum was a plateau the levels left out."""
+    """Intensity levels that map to -1 (``low``) and +1 (``high``) in model space; the input's
+    saturation level (``saturated``) when its maximum was a plateau the levels left out, and its
+    fill level (``filled``) when its minimum was one."""
 
     low: float
     high: float
     saturated: float | None = None
+    filled: float | None = None
 
     def to_dict(self) -> dict[str, float]:
         record = {"low": float(self.low), "high": float(self.high)}
-        if self.saturated is not None:
-            record["saturated"] = float(self.saturated)
+        for key in ("saturated", "filled"):
+            if getattr(self, key) is not None:
+                record[key] = float(getattr(self, key))
         return record
 
     @classmethod
     def from_dict(cls, d: dict[str, float]) -> Stats:
-        saturated = d.get("saturated")
-        return cls(
-            float(d["low"]), float(d["high"]), None if saturated is None else float(saturated)
-        )
+        plateaus = {k: float(d[k]) for k in ("saturated", "filled") if d.get(k) is not None}
+        return cls(float(d["low"]), float(d["high"]), **plateaus)
+
+    def plateaus(self) -> list[float]:
+        """The levels (saturation, fill) whose pixels hold no measurement of the sample."""
+        return [level for level in (self.saturated, self.filled) if level is not None]
+
+
+def measured(region: np.ndarray, stats: Stats) -> np.ndarray:
+    """True where a pixel of ``region`` is a measurement: neither at the saturation level nor at
+    the fill level of ``stats``."""
+    keep = np.ones(np.shape(region), dtype=bool)
+    if stats.saturated is not None:
+        keep &= region < stats.saturated
+    if stats.filled is not None:
+        keep &= region > stats.filled
+    return keep
 
 
 def percentile_stats(
@@ -61,14 +84,16 @@ def percentile_stats(
     p_low: float = P_LOW,
     p_high: float = P_HIGH,
     where: object = "image",
-    saturation: bool = False,
+    plateaus: bool = False,
 ) -> Stats:
     """Percentiles of ``image`` (any shape); a flat image gets a unit range to avoid dividing by 0.
 
-    With ``saturation``, a maximum shared by so many pixels that the upper percentile lands on it
+    With ``plateaus``, a maximum shared by so many pixels that the upper percentile lands on it
     and far above the other pixels (:data:`SATURATION_ABOVE`; an over-exposed cell) is left
-    out: the levels come from the other pixels, so the saturated cell does not squeeze the rest
-    of the image into a sliver of the model's range, and ``saturated`` records the level.
+    out, and so is a minimum the lower percentile lands on far below them (:data:`FILL_BELOW`;
+    the zeros around a stitched slide): the levels come from the other pixels, so neither
+    squeezes the rest of the image into a sliver of the model's range, and ``saturated`` /
+    ``filled`` record their levels.
     Non-finite values make the percentiles meaningless: they are refused (BadInputError)."""
     values = np.asarray(image, dtype=np.float64).ravel()
     if values.size > MAX_STAT_PIXELS:
@@ -76,29 +101,58 @@ def percentile_stats(
     if values.size == 0 or not np.isfinite(values).all():
         raise BadInputError(describe(where, "pixels", "finite values", "NaN or inf (or no pixels)"))
     low, high = np.percentile(values, [p_low, p_high])
-    saturated = None
-    top = float(values.max())
-    if saturation and high >= top > low:
-        rest_low, rest_high = np.percentile(values[values < top], [p_low, p_high])
-        if (
-            rest_high > rest_low
-            and 2 * (top - rest_low) / (rest_high - rest_low) - 1 > SATURATION_ABOVE
-        ):
-            low, high, saturated = rest_low, rest_high, top
+    found: dict[str, float] = {}
+    if plateaus and high > low:
+        found = _plateaus(values, float(low), float(high), p_low, p_high)
+        if found:
+            rest = measured(values, Stats(low, high, **found))
+            low, high = np.percentile(values[rest], [p_low, p_high])
     if high - low < 1e-12:
         high = low + 1.0
-    return Stats(float(low), float(high), saturated)
+    return Stats(float(low), float(high), **found)
+
+
+def _plateaus(
+    values: np.ndarray, low: float, high: float, p_low: float, p_high: float
+) -> dict[str, float]:
+    """The plateaus at the maximum (``saturated``) and minimum (``filled``) that the percentiles
+    ``low`` / ``high`` land on and that lie beyond the limits in the model space of the other
+    pixels (each judged with both candidates left out)."""
+    top, bottom = float(values.max()), float(values.min())
+    candidates = {}
+    if high >= top:
+        candidates["saturated"] = top
+    if low <= bottom:
+        candidates["filled"] = bottom
+    rest = values[measured(values, Stats(low, high, **candidates))]
+    if not candidates or rest.size == 0:
+        return {}
+    rest_low, rest_high = np.percentile(rest, [p_low, p_high])
+    if rest_high <= rest_low:
+        return {}
+
+    def model(level: float) -> float:
+        return 2 * (level - rest_low) / (rest_high - rest_low) - 1
+
+    return {
+        key: level
+        for key, level in candidates.items()
+        if (model(level) > SATURATION_ABOVE if key == "saturated" else model(level) < FILL_BELOW)
+    }
 
 
 def to_network_input(image: np.ndarray, stats: Stats) -> np.ndarray:
     """:func:`to_model` (a run's input as the network meets it). In a plane with a saturation
     level, every value is capped at :data:`SATURATED_MODEL_VALUE`: the saturated pixels and
     the bright rim around them, so the input stays monotone (a soft-edged cell is not fed as a
-    bright ring around a dimmer core)."""
+    bright ring around a dimmer core). In a plane with a fill level, every value is floored at
+    :data:`FILL_MODEL_VALUE`: the fill meets the network as empty background."""
     model = to_model(image, stats)
-    if stats.saturated is None:
-        return model
-    return np.minimum(model, np.float32(SATURATED_MODEL_VALUE))
+    if stats.saturated is not None:
+        model = np.minimum(model, np.float32(SATURATED_MODEL_VALUE))
+    if stats.filled is not None:
+        model = np.maximum(model, np.float32(FILL_MODEL_VALUE))
+    return model
 
 
 def to_model(image: np.ndarray, stats: Stats) -> np.ndarray:
@@ -118,7 +172,7 @@ def after_fit(stats: Stats, a: float, b: float) -> Stats:
     a least-squares correction fitted in model space, folded into one plane's levels."""
     half = (stats.high - stats.low) / 2.0
     middle = stats.low + half + b * half
-    return Stats(float(middle - a * half), float(middle + a * half), stats.saturated)
+    return Stats(float(middle - a * half), float(middle + a * half), stats.saturated, stats.filled)
 
 
 def std_from_model(std: np.ndarray, stats: Stats) -> np.ndarray:

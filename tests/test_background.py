@@ -38,6 +38,27 @@ def test_threshold_needs_a_clear_background():
     assert estimate_threshold(busy) is None
 
 
+def test_the_fill_around_a_stitched_slide_is_not_taken_for_its_background():
+    """A plane whose right 40 % is fill (at -1, where the network meets it): from all pixels the
+    threshold sits just above the fill and no real background tile would be skipped; leaving
+    out the fill and the pixels its smoothing reaches gives the threshold of the plane alone."""
+    from bigrestore.intensity import measured, percentile_stats, to_network_input
+
+    image = sparse_image()
+    image[:64, :64] = 100.0 + (image[:64, :64] - 100.0) * 0.03  # dim nuclei: about +60
+    filled = image.copy()
+    filled[:, 115:] = 0.0  # the nuclei patch stays, in the top-left corner
+    levels = percentile_stats(filled, plateaus=True)
+    assert levels.filled == 0
+    model = to_network_input(filled, levels)[None]
+    alone = estimate_threshold(to_network_input(image[:, :115], levels)[None])
+    everything = estimate_threshold(model)
+    assert everything is not None and everything < -0.85  # the fill's level plus the margin
+    kept = estimate_threshold(model, measured(filled, levels)[None])
+    assert kept is not None and abs(kept - alone) < 0.02, (kept, alone)
+    assert kept > everything + 0.05
+
+
 def test_background_tiles_are_skipped_and_foreground_is_unchanged(tmp_path):
     path = write_image(
         tmp_path / "sparse.zarr", sparse_image(), default_meta("yx"), chunks=(64, 64)

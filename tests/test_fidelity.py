@@ -121,6 +121,37 @@ def test_a_saturated_cell_leaves_the_rest_of_the_image_as_it_was(photons, tmp_pa
     assert manifests["plain"]["saturation"] == {"channels": {}, "pixels_this_run": 0}
 
 
+def test_the_fill_around_a_stitched_slide_leaves_the_image_as_it_was(photons, tmp_path):
+    """A dim 16-bit camera (2 DU per photon, offset 100 DU) whose left 40 % was never acquired
+    and holds 0, as around a stitched slide's tiles: without care the 1st percentile lands on
+    the fill and the image meets the network squeezed into the top third of its range (on
+    benchmarks/saturation.py's crop the mean lost 6.3 dB there). The fill is left out of the
+    levels: the acquired part comes back as without the fill, and the fill stays 0."""
+    clean, noisy = photons
+    image = stored(noisy, np.uint16, 2.0, 100.0)
+    filled = image.copy()
+    filled[:, :52] = 0
+    settings = run_settings(samples=2, steps=4, batch=2)
+    cluster = ClusterSpec(workers=1, threads_per_worker=1)
+    means, manifests = {}, {}
+    for name, values in (("plain", image), ("filled", filled)):
+        source = write_image(tmp_path / f"{name}.zarr", values, default_meta("yx"))
+        out = tmp_path / f"{name}.restored.zarr"
+        manifests[name] = restore(source, out, settings=settings, cluster=cluster).manifest
+        means[name] = open_image(out / "mean").data.compute().reshape(128, 128).astype(np.float64)
+    reference = clean * 2.0 + 100.0
+    lo, hi = np.percentile(reference, [1, 99])
+    acquired = np.s_[:, 52:]
+    change = np.abs(means["filled"] - means["plain"])[acquired]
+    assert np.mean(change) < 0.04 * (hi - lo), np.mean(change) / (hi - lo)  # 0.07 without the rule
+    assert percentile_error(means["filled"][acquired], reference[acquired]) < TOLERANCE
+    assert (means["filled"][:, :52] == 0).all()
+    assert manifests["filled"]["input_statistics"]["0"]["filled"] == 0
+    note = manifests["filled"]["fill"]
+    assert note["pixels_this_run"] == 52 * 128 and "stitched" in note["warning"]
+    assert manifests["plain"]["fill"] == {"channels": {}, "pixels_this_run": 0}
+
+
 def test_a_dim_integer_image_is_told_that_rounding_costs_detail(photons, tmp_path):
     """A 16-bit camera at 0.2 DU per photon spans about 6 DU: the mean rounded to whole DU
     loses detail that float32 keeps, and the run says so; a well-exposed one gets no note."""

@@ -20,6 +20,7 @@ from conftest import data_path
 import bigrestore
 from bigrestore.evaluate.metrics import fit_linear, psnr
 from bigrestore.intensity import (
+    FILL_MODEL_VALUE,
     SATURATED_MODEL_VALUE,
     Stats,
     after_fit,
@@ -51,16 +52,16 @@ def test_a_fit_folded_into_levels_maps_like_the_fit_then_the_levels():
 def test_a_saturation_plateau_is_left_out_of_the_levels():
     rng = np.random.default_rng(0)
     image = rng.normal(1000.0, 50.0, (200, 200)).round().clip(0, 4095)
-    plain = percentile_stats(image, saturation=True)
+    plain = percentile_stats(image, plateaus=True)
     assert plain.saturated is None  # a lone maximum is not a plateau
     assert plain == percentile_stats(image)
     few = image.copy()
     few.flat[:40] = 4095  # 0.1 % at the top: under the 0.2 % above the 99.8th percentile
-    assert percentile_stats(few, saturation=True).saturated is None
+    assert percentile_stats(few, plateaus=True).saturated is None
     many = image.copy()
     many[:20, :20] = 4095  # 1 %: the 99.8th percentile would land on it
     assert percentile_stats(many).high == 4095
-    levels = percentile_stats(many, saturation=True)
+    levels = percentile_stats(many, plateaus=True)
     assert levels.saturated == 4095
     rest = many[many < 4095]
     assert levels == Stats(*np.percentile(rest, [1, 99.8]), 4095)
@@ -73,10 +74,38 @@ def test_a_saturation_plateau_is_left_out_of_the_levels():
     assert network.max() == SATURATED_MODEL_VALUE  # monotone: no rim above the plateau
     near = image.copy()
     near[:20, :20] = 1200  # a plateau just above the rest (a stretch that clipped): left as is
-    assert percentile_stats(near, saturation=True) == percentile_stats(near)
+    assert percentile_stats(near, plateaus=True) == percentile_stats(near)
     assert percentile_stats(near).high == 1200
     flat = np.full((10, 10), 7.0)
-    assert percentile_stats(flat, saturation=True) == Stats(7.0, 8.0)  # flat: no saturation
+    assert percentile_stats(flat, plateaus=True) == Stats(7.0, 8.0)  # flat: no saturation
+
+
+def test_a_fill_plateau_is_left_out_of_the_levels():
+    """The zeros around a stitched slide's tiles, under a dim 16-bit image (offset 100 DU, about
+    35 DU of signal): the 1st percentile would land on 0 and squeeze the image into the top
+    third of the model's range. They are left out; zeros that merely continue the image (a
+    background-subtracted image clipped at 0) are not."""
+    rng = np.random.default_rng(2)
+    image = rng.poisson(rng.uniform(0.0, 15.0, (200, 200))) * 2.0 + 100.0
+    filled = image.copy()
+    filled[:, :80] = 0  # 40 % of the plane never acquired
+    assert percentile_stats(filled).low == 0
+    levels = percentile_stats(filled, plateaus=True)
+    assert levels.filled == 0 and levels.saturated is None
+    assert levels == Stats(*np.percentile(filled[:, 80:], [1, 99.8]), filled=0.0)
+    assert Stats.from_dict(levels.to_dict()) == levels and levels.to_dict()["filled"] == 0
+    assert after_fit(levels, 2.0, 0.1).filled == 0
+    network = to_network_input(filled, levels)
+    assert (network[:, :80] == FILL_MODEL_VALUE).all() and network.min() == FILL_MODEL_VALUE
+    both = filled.copy()
+    both[150:170, 150:170] = 65535  # and an over-exposed cell: both plateaus, one rest
+    levels = percentile_stats(both, plateaus=True)
+    assert (levels.filled, levels.saturated) == (0, 65535)
+    rest = both[(both > 0) & (both < 65535)]
+    assert (levels.low, levels.high) == tuple(np.percentile(rest, [1, 99.8]))
+    subtracted = np.clip(image - 104.0, 0, None)  # zeros just under the rest: no fill
+    assert (subtracted == 0).mean() > 0.01
+    assert percentile_stats(subtracted, plateaus=True) == percentile_stats(subtracted)
 
 
 def test_w2s_images_are_not_taken_for_saturated():
@@ -90,8 +119,9 @@ def test_w2s_images_are_not_taken_for_saturated():
     sample = tifffile.imread(Path(bigrestore.__file__).parent / "data/sample/w2s_val_low.tif")
     assert np.percentile(sample, 99.8) == sample.max() == 255  # the plateau reaches it ...
     crops.append(sample)
-    found = [percentile_stats(crop, saturation=True).saturated for crop in crops]
-    assert found == [None] * len(found)  # ... and is still no saturation
+    found = [percentile_stats(crop, plateaus=True) for crop in crops]
+    assert [st.saturated for st in found] == [None] * len(found)  # ... and is still no saturation
+    assert [st.filled for st in found] == [None] * len(found)  # nor has fill at its minimum
 
 
 def test_levels_are_per_plane_and_found_by_t_and_z(tmp_path):
@@ -176,3 +206,5 @@ def test_resume_refuses_to_mix_blocks_levelled_with_and_without_saturation(tmp_p
     store.check_resume(record)  # same record: fine
     with pytest.raises(IncompatibleModelError, match="saturated_levels"):
         store.check_resume({**record, "saturated_levels": {"0": [65535.0]}})
+    with pytest.raises(IncompatibleModelError, match="fill_levels"):
+        store.check_resume({**record, "fill_levels": {"0": [0.0]}})

@@ -83,7 +83,7 @@ def report(result: Any, dtype: str) -> None:
         f"restored {result.blocks_done_now}/{result.blocks_total} blocks, {result.tiles} tiles "
         f"in {result.seconds:.1f} s ({tiles_per_s:.2f} tiles/s)"
     )
-    for section in ("sampling", "entropy", "saturation", "rounding"):
+    for section in ("sampling", "entropy", "saturation", "fill", "rounding"):
         warning = result.manifest.get(section, {}).get("warning")
         if warning:
             click.echo(f"note: {warning}", err=True)

@@ -235,6 +235,7 @@ class RunStore:
             "ngff_version",
             "threads_per_worker",
             "saturated_levels",
+            "fill_levels",
         ):
             if previous.get(key) != record.get(key):
                 raise IncompatibleModelError(

@@ -30,10 +30,19 @@ def smoothed(planes: np.ndarray) -> np.ndarray:
     return gaussian_filter(np.asarray(planes, dtype=np.float32), sigma)
 
 
-def estimate_threshold(planes_model: np.ndarray) -> float | None:
+def estimate_threshold(
+    planes_model: np.ndarray, measured: np.ndarray | None = None
+) -> float | None:
     """The background threshold (model space) of a channel from a sample of its planes in
-    model space, (n, y, x); None when the image has no clear dark population."""
-    values = smoothed(planes_model).ravel()
+    model space, (n, y, x); None when the image has no clear dark population. ``measured``
+    (boolean, same shape) leaves out pixels that hold no measurement (a fill plateau) and those
+    the smoothing mixes with them: else the fill would be taken for the background."""
+    values = smoothed(planes_model)
+    if measured is not None:
+        values = values[smoothed(measured.astype(np.float32)) > 0.999]
+        if values.size == 0:
+            return None
+    values = values.ravel()
     p1, dark_edge = np.percentile(values, [1.0, DARK_FRACTION])
     if dark_edge - p1 > CLEAR_SPREAD:
         return None

@@ -41,8 +41,9 @@ def blend(
     }
 
 
-#: A block's saturated input pixels, per output channel: (mask over the block, level) or None.
-Saturated = list[tuple[np.ndarray, float] | None]
+#: A block's input pixels at a plateau of their channel, per output channel: a list of (kind,
+#: mask over the block, level), kind "saturated" or "filled", empty where the channel has none.
+Plateaus = list[list[tuple[str, np.ndarray, float]]]
 
 
 def to_output_units(
@@ -50,30 +51,30 @@ def to_output_units(
     blended: dict[str, np.ndarray],
     out_stats: list[Stats],
     dtype: str,
-    saturated: Saturated | None = None,
+    plateaus: Plateaus | None = None,
 ) -> tuple[np.ndarray, int]:
     """One output volume's values for the block in its units and dtype; clipped pixel count.
-    The mean keeps the input's saturation level where the input was saturated (``saturated``):
-    a censored measurement stays recognisable as one, not a guess of what lay above it."""
+    The mean keeps the input's level where the input was saturated or fill (``plateaus``):
+    a censored measurement stays recognisable as one, not a guess of what lay above it, and
+    pixels that hold no measurement stay at their fill value."""
     volume = planned.volume
     values = blended[volume.statistic]
     if planned.sample is not None:
         values = values[planned.sample]
     converted = np.stack([volume.to_units(values[i], st) for i, st in enumerate(out_stats)])
-    if saturated and planned.path == "mean":
-        for i, entry in enumerate(saturated):
-            if entry is not None:
-                converted[i][entry[0]] = entry[1]
+    if plateaus and planned.path == "mean":
+        for i, entries in enumerate(plateaus):
+            for _, mask, level in entries:
+                converted[i][mask] = level
     return cast_to(converted, dtype if volume.dtype == "run" else volume.dtype)
 
 
-def saturated_pixels(job: RunJob, task: BlockTask) -> Saturated:
-    """Where the block's own input pixels reach their channel's saturation level (read only
-    when a channel of the plane has one)."""
-    stats = job.plane_values(job.input_stats, task)
-    levels = [stats[c].saturated for c in task.channels]
-    if all(level is None for level in levels):
-        return [None] * len(levels)
+def plateau_pixels(job: RunJob, task: BlockTask) -> Plateaus:
+    """Where the block's own input pixels reach their channel's saturation level or fill level
+    (read only when a channel of the plane has one)."""
+    stats = [job.plane_values(job.input_stats, task)[c] for c in task.channels]
+    if not any(st.plateaus() for st in stats):
+        return [[] for _ in stats]
     block = task.block
     where = selection(
         job.axes,
@@ -85,9 +86,18 @@ def saturated_pixels(job: RunJob, task: BlockTask) -> Saturated:
     )
     region = read_region(job.input_array, where)
     region = region if "c" in job.axes else region[None]
-    return [
-        None if level is None else (region[i] >= level, level) for i, level in enumerate(levels)
-    ]
+    found: Plateaus = []
+    for i, st in enumerate(stats):
+        entries = [] if st.saturated is None else [("saturated", region[i] >= st.saturated)]
+        if st.filled is not None:
+            entries.append(("filled", region[i] <= st.filled))
+        found.append([(kind, mask, getattr(st, kind)) for kind, mask in entries])
+    return found
+
+
+def plateau_count(plateaus: Plateaus, kind: str) -> int:
+    """How many of the block's input pixels sit at a plateau of ``kind``."""
+    return sum(int(np.count_nonzero(m)) for entries in plateaus for k, m, _ in entries if k == kind)
 
 
 def write_block(job: RunJob, task: BlockTask, name: str, values: np.ndarray) -> None:
@@ -148,9 +158,9 @@ def assemble_block(job: RunJob, task: BlockTask, results: list[TileResults]) -> 
         saturated_entropy = int(
             np.count_nonzero(blended["entropy"] >= np.log2(job.settings.samples) - 1e-6)
         )
-    saturated = saturated_pixels(job, task)
-    # the saturation level is in the input's units: kept in the mean only when that is its scale
-    kept = saturated if job.settings.output_scale == "input" else None
+    plateaus = plateau_pixels(job, task)
+    # the plateau levels are in the input's units: kept in the mean only when that is its scale
+    kept = plateaus if job.settings.output_scale == "input" else None
     clipped = 0
     for planned in job.outputs():
         values, clipped_here = to_output_units(
@@ -166,7 +176,8 @@ def assemble_block(job: RunJob, task: BlockTask, results: list[TileResults]) -> 
         "clipped": clipped,
         "pinned": pinned,
         "entropy_saturated": saturated_entropy,
-        "saturated_input": sum(int(np.count_nonzero(e[0])) for e in saturated if e is not None),
+        "saturated_input": plateau_count(plateaus, "saturated"),
+        "fill_input": plateau_count(plateaus, "filled"),
         "pixels": int(np.prod(blended["mean"].shape)),
         "tiles": sum(len(r.origins) for r in own),
         "evaluations": sum(r.evaluations for r in own),

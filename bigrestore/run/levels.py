@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from bigrestore.errors import BadInputError, describe
-from bigrestore.intensity import Stats, percentile_stats, to_network_input
+from bigrestore.intensity import Stats, measured, percentile_stats, to_network_input
 from bigrestore.io.images import OpenedImage, open_image
 from bigrestore.run.tasks import plane_entry
 
@@ -84,7 +84,7 @@ def plane_percentiles(image: OpenedImage, channel: int, p_low: float, p_high: fl
         batch = computed(planes[start : start + per_read, ::stride, ::stride], str(image.path))
         for offset, plane in enumerate(batch):
             where = f"{image.path} channel {channel} plane {start + offset}"
-            stats.append(percentile_stats(plane, p_low, p_high, where=where, saturation=True))
+            stats.append(percentile_stats(plane, p_low, p_high, where=where, plateaus=True))
     return stats
 
 
@@ -93,14 +93,15 @@ def input_statistics(
 ) -> tuple[tuple[Stats, ...], ...]:
     """Per plane (``per`` "plane") or for the whole volume (one entry), the percentiles of each
     input channel, indexed by channel (unselected channels get Stats(0, 1)). Never per tile or
-    block. A saturation plateau at the maximum is left out of them and recorded (``saturated``)."""
+    block. A saturation plateau at the maximum and a fill plateau at the minimum are left out of
+    them and recorded (``saturated``, ``filled``)."""
     width = max(channels) + 1
     if per == "volume":
         volume = [Stats(0.0, 1.0)] * width
         for c in channels:
             sample, _ = statistics_sample(image, c)
             volume[c] = percentile_stats(
-                sample, p_low, p_high, where=f"{image.path} channel {c}", saturation=True
+                sample, p_low, p_high, where=f"{image.path} channel {c}", plateaus=True
             )
         return (tuple(volume),)
     planes = [[Stats(0.0, 1.0)] * width for _ in range(plane_count(image))]
@@ -139,9 +140,8 @@ def plan_background(
     shared: list[float | None] = [None] * (max(selected) + 1)
     for c in selected:
         sample, indices = statistics_sample(image, c)
-        normalised = [
-            to_network_input(plane, plane_entry(stats, i)[c])
-            for plane, i in zip(sample, indices, strict=True)
-        ]
-        shared[c] = estimate_threshold(np.stack(normalised))
+        entries = [plane_entry(stats, i)[c] for i in indices]
+        normalised = [to_network_input(p, e) for p, e in zip(sample, entries, strict=True)]
+        kept = [measured(p, e) for p, e in zip(sample, entries, strict=True)]
+        shared[c] = estimate_threshold(np.stack(normalised), np.stack(kept))
     return (tuple(shared),)

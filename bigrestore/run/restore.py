@@ -33,9 +33,10 @@ from bigrestore.run.notes import (
     background_note,
     calibration_note,
     entropy_note,
+    fill_note,
+    plateau_levels,
     rounding_note,
     sampling_note,
-    saturated_levels,
     saturation_note,
 )
 from bigrestore.run.settings import RunSettings, default_output
@@ -60,12 +61,24 @@ class RestoreResult:
     manifest: dict[str, Any] = field(default_factory=dict)
 
 
+#: The per-block counts a run sums over its blocks (bigrestore.run.block.assemble_block).
+COUNTED = (
+    "tiles",
+    "evaluations",
+    "skipped",
+    "entropy_saturated",
+    "saturated_input",
+    "fill_input",
+    "pixels",
+)
+
+
 def run_record(
     plan: RunPlan, ngff_version: str, cluster: ClusterSpec, series: int | None
 ) -> dict[str, Any]:
     """What identifies a run's results: ``--resume`` refuses a store whose record differs
-    (``saturated_levels`` only where the input saturates: blocks normalised with and without
-    the saturation rule must not share one output)."""
+    (``saturated_levels`` / ``fill_levels`` only where the input has such plateaus: blocks
+    normalised with and without the plateau rules must not share one output)."""
     record = {
         "input": str(plan.input_path.resolve()),
         "series": series,
@@ -77,9 +90,10 @@ def run_record(
         "threads_per_worker": cluster.torch_threads(),
         "version": __version__,
     }
-    levels = saturated_levels(plan)
-    if levels:
-        record["saturated_levels"] = {c: sorted(set(found)) for c, found in levels.items()}
+    for kind, key in (("saturated", "saturated_levels"), ("filled", "fill_levels")):
+        levels = plateau_levels(plan, kind)
+        if levels:
+            record[key] = {c: sorted(set(found)) for c, found in levels.items()}
     return record
 
 
@@ -186,19 +200,8 @@ def execute(
     follows blocks, ``tile_progress(tiles_done, tiles)`` the tiles (for an early ETA)."""
     from bigrestore.run.tasks import SharedTiles
 
-    totals: dict[str, Any] = {
-        "tiles": 0,
-        "evaluations": 0,
-        "clipped": 0,
-        "pinned": 0,
-        "skipped": 0,
-        "entropy_saturated": 0,
-        "saturated_input": 0,
-        "pixels": 0,
-        "done": 0,
-        "ran_on": set(),
-        "batch": set(),
-    }
+    totals: dict[str, Any] = {key: 0 for key in ("clipped", "pinned", "done", *COUNTED)}
+    totals.update(ran_on=set(), batch=set())
     shared = SharedTiles.plan(plan.job, plan.tasks, tasks)
     tiles_total = sum(shared.tiles_in(plan.job, g) for g in shared.uses)
 
@@ -213,14 +216,7 @@ def execute(
         totals["ran_on"].update(result.get("ran_on", []))
         totals["batch"].update(result.get("batch", []))
         totals["clipped"] += result["clipped"]
-        for key in (
-            "tiles",
-            "evaluations",
-            "skipped",
-            "entropy_saturated",
-            "saturated_input",
-            "pixels",
-        ):
+        for key in COUNTED:
             totals[key] += result.get(key, 0)
         totals["pinned"] += result.get("pinned", 0)
         totals["done"] += 1
@@ -298,6 +294,7 @@ def finish(
         "entropy": entropy_note(plan, totals),
         "background": background_note(plan),
         "saturation": saturation_note(plan, totals),
+        "fill": fill_note(plan, totals),
         "rounding": rounding_note(plan),
         "sampling": sampling_note(plan),
         "clipped_pixels": totals["clipped"],

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from bigrestore.intensity import after_fit, fit_line
+from bigrestore.intensity import after_fit, fit_line, measured
 
 if TYPE_CHECKING:
     import torch
@@ -110,8 +110,8 @@ def fit_output_scale(
         restored = cheap_mean(plan, task, origin, raw_model, (ry0, rx0), net, device)[..., :h, :w]
         stats = plan.job.plane_values(plan.job.input_stats, task)
         for i, out_channel in enumerate(task.out_channels):
-            level = stats[task.channels[i]].saturated  # saturated pixels say nothing of the scale
-            keep = slice(None) if level is None else (region[i] < level).ravel()
+            # saturated and fill pixels say nothing of the scale
+            keep = measured(region[i], stats[task.channels[i]]).ravel()
             raw, model = pairs.setdefault(out_channel, ([], []))
             raw.append(raw_model[i].astype(np.float64).ravel()[keep])
             model.append(restored[i].astype(np.float64).ravel()[keep])

@@ -79,7 +79,8 @@ def read_tiles_region(
 
 def normalise(region: np.ndarray, job: RunJob, task: BlockTask) -> np.ndarray:
     """Intensities → model space with the statistics of each channel of the task's plane (or of
-    the volume; never per tile); saturated pixels at the top of the model's range."""
+    the volume; never per tile); saturated pixels at the top of the model's range, fill pixels at
+    its bottom."""
     stats = job.plane_values(job.input_stats, task)
     return np.stack([to_network_input(region[i], stats[c]) for i, c in enumerate(task.channels)])
 
