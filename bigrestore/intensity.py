@@ -124,8 +124,10 @@ def _plateaus(
         candidates["saturated"] = top
     if low <= bottom:
         candidates["filled"] = bottom
+    if not candidates:
+        return {}
     rest = values[measured(values, Stats(low, high, **candidates))]
-    if not candidates or rest.size == 0:
+    if rest.size == 0:
         return {}
     rest_low, rest_high = np.percentile(rest, [p_low, p_high])
     if rest_high <= rest_low:

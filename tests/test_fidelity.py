@@ -61,6 +61,20 @@ def percentile_error(restored: np.ndarray, reference: np.ndarray) -> float:
     return float(np.max(np.abs(got - want)) / (hi - lo))
 
 
+def restored_pair(tmp_path, **images: np.ndarray) -> tuple[dict, dict]:
+    """Each 128² image restored by the bundled model (2 samples, 4 steps, batch 2): the means
+    as float64 and the manifests, by name."""
+    settings = run_settings(samples=2, steps=4, batch=2)
+    cluster = ClusterSpec(workers=1, threads_per_worker=1)
+    means, manifests = {}, {}
+    for name, values in images.items():
+        source = write_image(tmp_path / f"{name}.zarr", values, default_meta("yx"))
+        out = tmp_path / f"{name}.restored.zarr"
+        manifests[name] = restore(source, out, settings=settings, cluster=cluster).manifest
+        means[name] = open_image(out / "mean").data.compute().reshape(128, 128).astype(np.float64)
+    return means, manifests
+
+
 @pytest.mark.parametrize("camera", list(CAMERAS))
 def test_restored_intensities_match_the_clean_image_in_the_input_units(photons, camera, tmp_path):
     clean, noisy = photons
@@ -99,14 +113,7 @@ def test_a_saturated_cell_leaves_the_rest_of_the_image_as_it_was(photons, tmp_pa
     disk = (yy - 40) ** 2 + (xx - 90) ** 2 < 13**2
     saturated = image.copy()
     saturated[disk] = 65535
-    settings = run_settings(samples=2, steps=4, batch=2)
-    cluster = ClusterSpec(workers=1, threads_per_worker=1)
-    means, manifests = {}, {}
-    for name, values in (("plain", image), ("saturated", saturated)):
-        source = write_image(tmp_path / f"{name}.zarr", values, default_meta("yx"))
-        out = tmp_path / f"{name}.restored.zarr"
-        manifests[name] = restore(source, out, settings=settings, cluster=cluster).manifest
-        means[name] = open_image(out / "mean").data.compute().reshape(128, 128).astype(np.float64)
+    means, manifests = restored_pair(tmp_path, plain=image, saturated=saturated)
     reference = clean * gain + offset
     lo, hi = np.percentile(reference, [1, 99])
     outside = ~disk
@@ -131,14 +138,7 @@ def test_the_fill_around_a_stitched_slide_leaves_the_image_as_it_was(photons, tm
     image = stored(noisy, np.uint16, 2.0, 100.0)
     filled = image.copy()
     filled[:, :52] = 0
-    settings = run_settings(samples=2, steps=4, batch=2)
-    cluster = ClusterSpec(workers=1, threads_per_worker=1)
-    means, manifests = {}, {}
-    for name, values in (("plain", image), ("filled", filled)):
-        source = write_image(tmp_path / f"{name}.zarr", values, default_meta("yx"))
-        out = tmp_path / f"{name}.restored.zarr"
-        manifests[name] = restore(source, out, settings=settings, cluster=cluster).manifest
-        means[name] = open_image(out / "mean").data.compute().reshape(128, 128).astype(np.float64)
+    means, manifests = restored_pair(tmp_path, plain=image, filled=filled)
     reference = clean * 2.0 + 100.0
     lo, hi = np.percentile(reference, [1, 99])
     acquired = np.s_[:, 52:]

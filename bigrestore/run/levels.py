@@ -142,6 +142,8 @@ def plan_background(
         sample, indices = statistics_sample(image, c)
         entries = [plane_entry(stats, i)[c] for i in indices]
         normalised = [to_network_input(p, e) for p, e in zip(sample, entries, strict=True)]
-        kept = [measured(p, e) for p, e in zip(sample, entries, strict=True)]
-        shared[c] = estimate_threshold(np.stack(normalised), np.stack(kept))
+        kept = None  # every pixel is a measurement unless a plane has a plateau
+        if any(e.plateaus() for e in entries):
+            kept = np.stack([measured(p, e) for p, e in zip(sample, entries, strict=True)])
+        shared[c] = estimate_threshold(np.stack(normalised), kept)
     return (tuple(shared),)

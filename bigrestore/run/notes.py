@@ -67,7 +67,7 @@ def rounding_note(plan: RunPlan) -> dict[str, Any]:
     }
 
 
-def plateau_levels(plan: RunPlan, kind: str = "saturated") -> dict[str, list[float]]:
+def plateau_levels(plan: RunPlan, kind: str) -> dict[str, list[float]]:
     """Per input channel with a plateau of ``kind`` ("saturated" or "filled"), its level in each
     plane that has one (plane order; bigrestore.intensity.percentile_stats)."""
     levels = {
@@ -81,36 +81,39 @@ def plateau_levels(plan: RunPlan, kind: str = "saturated") -> dict[str, list[flo
     return {c: found for c, found in levels.items() if found}
 
 
-def _plateau_channels(plan: RunPlan, kind: str) -> tuple[dict[str, Any], str]:
+def _plateau_note(plan: RunPlan, kind: str, pixels: int, warning: str) -> dict[str, Any]:
     """Per channel with a plateau of ``kind``: its level (the highest saturation, the lowest
-    fill) and in how many planes; and the same in words."""
+    fill) and in how many planes, this run's pixels at it, and, when there is one, ``warning``
+    with ``{where}`` (the channels in words) and ``{pixels}`` filled in."""
     planes = len(plan.job.input_stats)
     pick = max if kind == "saturated" else min
     channels = {
         c: {"level": pick(found), "planes": len(found), "of_planes": planes}
         for c, found in plateau_levels(plan, kind).items()
     }
-    where = "; ".join(
-        f"channel {c} at {v['level']:g} in {v['planes']} of {v['of_planes']} plane(s)"
-        for c, v in channels.items()
-    )
-    return channels, where
+    note: dict[str, Any] = {"channels": channels, "pixels_this_run": pixels}
+    if channels:
+        where = "; ".join(
+            f"channel {c} at {v['level']:g} in {v['planes']} of {v['of_planes']} plane(s)"
+            for c, v in channels.items()
+        )
+        note["warning"] = warning.format(where=where, pixels=pixels)
+    return note
 
 
 def saturation_note(plan: RunPlan, totals: dict[str, Any]) -> dict[str, Any]:
     """Which input channels have a saturation plateau (its level, in how many planes) and how
     many of this run's pixels reached it: those pixels are left out of the intensity levels and
     keep the saturation level in the mean (bigrestore.intensity.percentile_stats)."""
-    channels, where = _plateau_channels(plan, "saturated")
-    note: dict[str, Any] = {"channels": channels, "pixels_this_run": totals["saturated_input"]}
-    if channels:
-        note["warning"] = (
-            f"the input is saturated ({where}; {totals['saturated_input']} pixels this run): "
-            "saturated pixels were left out of the intensity levels and keep their saturation "
-            "level in the mean (with --output-scale input, the default); their std and entropy "
-            "describe a guess, not a measurement"
-        )
-    return note
+    return _plateau_note(
+        plan,
+        "saturated",
+        totals["saturated_input"],
+        "the input is saturated ({where}; {pixels} pixels this run): saturated pixels were left "
+        "out of the intensity levels and keep their saturation level in the mean (with "
+        "--output-scale input, the default); their std and entropy describe a guess, not a "
+        "measurement",
+    )
 
 
 def fill_note(plan: RunPlan, totals: dict[str, Any]) -> dict[str, Any]:
@@ -118,16 +121,15 @@ def fill_note(plan: RunPlan, totals: dict[str, Any]) -> dict[str, Any]:
     stitched slide, a masked region; its level, in how many planes) and how many of this run's
     pixels hold it: they are left out of the intensity levels and keep the fill value in the
     mean (bigrestore.intensity.percentile_stats)."""
-    channels, where = _plateau_channels(plan, "filled")
-    note: dict[str, Any] = {"channels": channels, "pixels_this_run": totals["fill_input"]}
-    if channels:
-        note["warning"] = (
-            f"the input has a fill value far below the image ({where}; {totals['fill_input']} "
-            "pixels this run), as around a stitched slide's tiles: those pixels were read as "
-            "holding no measurement, left out of the intensity levels and keep the fill value in "
-            "the mean (with --output-scale input, the default)"
-        )
-    return note
+    return _plateau_note(
+        plan,
+        "filled",
+        totals["fill_input"],
+        "the input has a fill value far below the image ({where}; {pixels} pixels this run), as "
+        "around a stitched slide's tiles: those pixels were read as holding no measurement, left "
+        "out of the intensity levels and keep the fill value in the mean (with --output-scale "
+        "input, the default)",
+    )
 
 
 def background_note(plan: RunPlan) -> dict[str, Any]:
